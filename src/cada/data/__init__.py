@@ -1,0 +1,1 @@
+"""Data: prompt pools, benchmarks and the train/eval overlap check."""

@@ -1,0 +1,107 @@
+"""Exact and near-duplicate overlap between texts, used to keep evaluation prompts out of training data.
+
+Two prompts are near-duplicates when their word sets or their character 4-gram sets overlap strongly
+(Jaccard similarity at or above a threshold). Candidate pairs come from an inverted index over words, so checking
+thousands of prompts against thousands takes seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+WORD_THRESHOLD = 0.5
+CHAR_THRESHOLD = 0.6
+
+
+def normalize(text: str) -> str:
+    """Lower-case, punctuation to spaces, whitespace folded.
+
+    >>> normalize("  How do I *stop* a process?\\n")
+    'how do i stop a process'
+    """
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
+
+
+def _shingles(text: str, n: int = 4) -> frozenset[str]:
+    return frozenset(text[i:i + n] for i in range(max(1, len(text) - n + 1)))
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    return len(a & b) / len(a | b) if a and b else 0.0
+
+
+@dataclass(frozen=True)
+class Match:
+    index: int          # position in the checked texts
+    reference: str      # the reference (evaluation) text it matches
+    kind: str           # "exact" | "near"
+    similarity: float
+
+
+class OverlapIndex:
+    """An index of reference texts (e.g. every evaluation prompt) to check other texts against."""
+
+    def __init__(self, references: Iterable[str], word_threshold: float = WORD_THRESHOLD,
+                 char_threshold: float = CHAR_THRESHOLD):
+        self.word_threshold, self.char_threshold = word_threshold, char_threshold
+        self.refs: list[str] = []
+        self._norm: list[str] = []
+        self._words: list[frozenset[str]] = []
+        self._exact: dict[str, int] = {}
+        self._postings: dict[str, list[int]] = defaultdict(list)
+        for ref in references:
+            n = normalize(ref)
+            if not n:
+                continue
+            i = len(self.refs)
+            self.refs.append(ref)
+            self._norm.append(n)
+            words = frozenset(n.split())
+            self._words.append(words)
+            self._exact.setdefault(n, i)
+            for w in words:
+                self._postings[w].append(i)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def match(self, text: str) -> Match | None:
+        """The strongest overlap of ``text`` with any reference, or None."""
+        n = normalize(text)
+        if not n:
+            return None
+        if n in self._exact:
+            return Match(-1, self.refs[self._exact[n]], "exact", 1.0)
+        words = frozenset(n.split())
+        counts: dict[int, int] = defaultdict(int)
+        for w in words:
+            for i in self._postings.get(w, ()):
+                counts[i] += 1
+        best: Match | None = None
+        chars = None
+        for i, shared in counts.items():
+            ref_words = self._words[i]
+            wj = shared / (len(words) + len(ref_words) - shared)
+            # character 4-grams can only be similar when enough words are shared
+            if wj < self.word_threshold and wj < 0.25:
+                continue
+            sim, ok = wj, wj >= self.word_threshold
+            if not ok:
+                chars = chars or _shingles(n)
+                cj = _jaccard(chars, _shingles(self._norm[i]))
+                sim, ok = max(wj, cj), cj >= self.char_threshold
+            if ok and (best is None or sim > best.similarity):
+                best = Match(-1, self.refs[i], "near", round(sim, 3))
+        return best
+
+    def find(self, texts: Sequence[str]) -> list[Match]:
+        """Every text that overlaps a reference, with its index in ``texts``."""
+        out = []
+        for i, t in enumerate(texts):
+            m = self.match(t)
+            if m is not None:
+                out.append(Match(i, m.reference, m.kind, m.similarity))
+        return out

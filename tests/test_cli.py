@@ -1,0 +1,67 @@
+"""The `cada` command as a user runs it: real subprocesses, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ENV = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+
+
+def cada(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cada.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def test_help_on_every_command():
+    for args in ([], ["reason"], ["spec"], ["spec", "validate"], ["spec", "show"], ["model", "prepare"]):
+        res = cada(*args, "--help")
+        assert res.returncode == 0, res.stderr
+        assert "Usage" in res.stdout
+
+
+def test_version():
+    res = cada("--version")
+    assert res.returncode == 0 and res.stdout.startswith("cada ")
+
+
+def test_reason_json_on_the_tiny_model(tiny_model):
+    res = cada("reason", "How do I stop a background job in bash?", "--mode", "cases", "--model", tiny_model,
+               "--k", "3", "--max-new-tokens", "8", "--json")
+    assert res.returncode == 0, res.stderr
+    obj = json.loads(res.stdout)  # stdout holds the JSON object and nothing else
+    assert {"mode", "reasoning", "response", "format_ok", "cited_cases"} <= obj.keys()
+    assert obj["mode"] == "cases" and len(obj["context_cases"]) == 3 and isinstance(obj["format_ok"], bool)
+
+
+def test_reason_plain_output(tiny_model):
+    res = cada("reason", "Hello there", "--mode", "codes", "--model", tiny_model, "--max-new-tokens", "4")
+    assert res.returncode == 0, res.stderr
+    assert "final response" in res.stdout and "reasoning" in res.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["reason", "  "], "prompt is empty"),
+    (["reason", "hi", "--spec", "/nonexistent/spec.yaml"], "/nonexistent/spec.yaml:0: spec file or directory not found"),
+    (["reason", "hi", "--model", "gpt-17-ultra"], "unknown model 'gpt-17-ultra'"),
+    (["reason", "hi", "--mode", "vibes"], "--mode 'vibes'"),
+    (["reason", "hi", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"], "cannot reach the server at"),
+])
+def test_bad_input_gets_one_line_error(args, needle):
+    res = cada(*args, timeout=120)
+    assert res.returncode == 1
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and needle in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_malformed_spec_for_reason(tmp_path):
+    bad = tmp_path / "spec.yaml"
+    bad.write_text("cases: [\n")
+    res = cada("reason", "hi", "--spec", str(bad))
+    assert res.returncode == 1 and f"{bad}:" in res.stderr and "malformed YAML" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cada.cli import app
+from cada.data.overlap import OverlapIndex, normalize
+from cada.spec import DEFAULT_SPEC_DIR, SpecError, Verdict, load_spec
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+runner = CliRunner()
+
+
+def test_default_spec_covers_every_category_both_ways(spec):
+    assert len(spec.categories) == 12
+    assert 3 <= len(spec.statutes) <= 5
+    assert len(spec.cases) >= 36
+    assert {r.category for r in spec.codes.rules} == {c.id for c in spec.categories}
+    for cat in spec.categories:
+        verdicts = {c.verdict for c in spec.cases if c.category == cat.id}
+        assert Verdict.refuse in verdicts, f"{cat.id} lacks a refuse case"
+        assert Verdict.comply in verdicts, f"{cat.id} lacks a benign look-alike comply case"
+    self_harm = [c for c in spec.cases if c.category == "suicide_self_harm"]
+    assert any(c.verdict is Verdict.safe_complete for c in self_harm)
+
+
+def _eval_prompts() -> list[str]:
+    out = []
+    for path, col in [("xstest/xstest_prompts.csv", "prompt"), ("strongreject/strongreject_dataset.csv",
+                      "forbidden_prompt"), ("advbench/harmful_behaviors.csv", "goal")]:
+        with open(SHARED / path, newline="", encoding="utf-8") as f:
+            out += [r[col] for r in csv.DictReader(f)]
+    with open(SHARED / "gsm8k/test.jsonl", encoding="utf-8") as f:
+        out += [json.loads(line)["question"] for line in f]
+    return out
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
+def test_no_evaluation_prompt_leaks_into_the_cases(spec):
+    evals = _eval_prompts()
+    spec_text = normalize(" ".join(p.read_text() for p in DEFAULT_SPEC_DIR.glob("*.yaml")))
+    for e in map(normalize, evals):
+        assert len(e) < 25 or e not in spec_text, f"evaluation prompt inside the spec: {e!r}"
+    hits = OverlapIndex(evals).find([c.request for c in spec.cases])
+    assert not hits, [(spec.cases[h.index].id, h.reference, h.similarity) for h in hits]
+
+
+def test_overlap_index_finds_exact_and_near_duplicates():
+    idx = OverlapIndex(["How can I kill a Python process?", "Write a poem about the sea in four lines."])
+    assert idx.match("how can i KILL a python process").kind == "exact"
+    assert idx.match("How could I kill a Python process?").kind == "near"
+    assert idx.match("Write a poem about the sea, in 4 lines").kind == "near"
+    assert idx.match("How do I stop a stuck job in bash?") is None
+    assert [m.index for m in idx.find(["unrelated", "How can I kill a Python process?"])] == [1]
+
+
+def test_validate_cli_accepts_the_default_spec():
+    res = runner.invoke(app, ["spec", "validate", str(DEFAULT_SPEC_DIR)])
+    assert res.exit_code == 0, res.output
+    assert "valid spec" in res.output
+
+
+def _spec_file(tmp_path: Path) -> Path:
+    """The default spec merged into one YAML file, which users may also write."""
+    data = {}
+    for f in ("statutes.yaml", "codes.yaml", "cases.yaml"):
+        data.update(yaml.safe_load((DEFAULT_SPEC_DIR / f).read_text()))
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def test_single_file_spec_loads(tmp_path):
+    s = load_spec(_spec_file(tmp_path))
+    assert len(s.cases) == len(load_spec().cases)
+
+
+def _break(path: Path, old: str, new: str) -> int:
+    text = path.read_text()
+    assert old in text
+    line = text[:text.index(old)].count("\n") + 1
+    path.write_text(text.replace(old, new, 1))
+    return line
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("verdict: refuse", "verdict: maybe", "verdict"),
+    ("category: violent_crimes", "category: jaywalking", "unknown category 'jaywalking'"),
+])
+def test_validate_reports_path_line_and_field(tmp_path, old, new, message):
+    path = _spec_file(tmp_path)
+    line = _break(path, old, new)
+    res = runner.invoke(app, ["spec", "validate", str(path)])
+    assert res.exit_code == 1
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert any(x.startswith(f"{path}:{line}: ") and message in x for x in lines), res.output
+    assert "Traceback" not in res.output
+
+
+def test_validate_reports_missing_field_and_duplicate_id(tmp_path):
+    d = tmp_path / "myspec"
+    shutil.copytree(DEFAULT_SPEC_DIR, d)
+    cases = d / "cases.yaml"
+    text = cases.read_text()
+    first_id = load_spec(d).cases[0].id
+    second_id = load_spec(d).cases[1].id
+    dup_line = _break(cases, f"id: {second_id}\n", f"id: {first_id}\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(d)
+    assert any(p.startswith(f"{cases}:{dup_line}: ") and "duplicate id" in p for p in e.value.problems)
+    cases.write_text(text)
+    rat_line = _break(cases, "rationale:", "why:")
+    with pytest.raises(SpecError) as e:
+        load_spec(d)
+    probs = "\n".join(e.value.problems)
+    assert f"{cases}:" in probs and "rationale" in probs and "Field required" in probs
+    lines = cases.read_text().splitlines()
+    case_line = max(i for i, x in enumerate(lines[:rat_line], 1) if x.lstrip().startswith("- id:"))
+    assert any(p.startswith(f"{cases}:{case_line}: ") for p in e.value.problems), probs
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("statutes:\n  - id: S1\n    text: [unclosed\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(bad)
+    assert e.value.problems[0].startswith(f"{bad}:") and "malformed YAML" in e.value.problems[0]
+    res = runner.invoke(app, ["spec", "validate", str(tmp_path / "nope.yaml")])
+    assert res.exit_code == 1 and "not found" in res.output and "Traceback" not in res.output
+
+
+def test_show_prints_statutes_categories_and_counts(spec):
+    res = runner.invoke(app, ["spec", "show"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert spec.statutes[0].id in res.output
+    for cat in spec.categories:
+        assert cat.id in res.output
+    counts = spec.verdict_counts()
+    total_row = [x for x in res.output.splitlines() if "total" in x][0]
+    assert re.findall(r"\d+", total_row)[-3:] == [str(counts[v.value]) for v in Verdict]
