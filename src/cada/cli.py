@@ -167,6 +167,149 @@ def reason(
         err.print("[dim]" + "; ".join(notes) + "[/]", highlight=False)
 
 
+# training ---------------------------------------------------------------------------------------
+def _pool_prompts(pool: Optional[Path], limit: Optional[int], seed: int):
+    from cada.data import pools as P
+
+    if pool is not None:
+        prompts = P.load_user_pool(pool) if pool.suffix in (".csv", ".json") else P.read_pool(pool)
+    else:
+        prompts = P.build_pools(seed=seed).prompts
+    if limit:
+        from cada.align import _balanced
+
+        prompts = _balanced(prompts, limit, seed)
+    return prompts
+
+
+@app.command("generate")
+def generate_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Records JSONL (appended; resumes).")],
+    pool: Annotated[Optional[Path], typer.Option("--pool", help="Prompt pool (JSONL from `cada align`, or a "
+                                                 "CSV/JSON/JSONL with prompt,label[,category]); default: "
+                                                 "the shipped training pools.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="cases (CADA) | codes (rules-only DA) | none.")] = "cases",
+    model: ModelOpt = "smollm2-135m",
+    spec: SpecOpt = None,
+    n: Annotated[int, typer.Option("--n", help="Chains per prompt.")] = 4,
+    k: Annotated[int, typer.Option("--k", help="Precedents in context (0 = all).")] = 6,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.9,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 192,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many prompts per label.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Self-generate N judged safety-reasoning chains per prompt (resumable JSONL records)."""
+    from cada.models.generate import make_generator
+    from cada.selfgen import SelfGenConfig, self_generate, summarize
+    from cada.spec.schema import load_spec
+
+    s = load_spec(spec)
+    prompts = _pool_prompts(pool, limit, seed)
+    gen = make_generator(model, base_url=base_url, api_key=api_key)
+    records = self_generate(prompts, gen, s, output, SelfGenConfig(mode=mode, n=n, k=k, temperature=temperature,
+                                                                   max_new_tokens=max_new_tokens, seed=seed))
+    out.print_json(data={"records": len(records), "output": str(output), **summarize(records)})
+
+
+@app.command("pairs")
+def pairs_cmd(
+    records: Annotated[Path, typer.Option("--records", help="Records JSONL from `cada generate`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Training set JSONL.")],
+    kind: Annotated[str, typer.Option("--kind", help="dpo | sft-dr | sft-sc | sft-cr.")] = "dpo",
+    spec: SpecOpt = None,
+    no_fallback: Annotated[bool, typer.Option("--no-fallback", help="DPO: skip prompts without a good own "
+                                              "sample instead of writing a precedent-grounded chain.")] = False,
+) -> None:
+    """Build context-distilled DPO pairs or an SFT set from self-generated records."""
+    from cada.pairs import dpo_pairs, sft_set
+    from cada.records import read_records, write_records
+    from cada.spec.schema import load_spec
+
+    if not records.is_file():
+        raise CadaError(f"{records}: records file not found")
+    s = load_spec(spec)
+    recs = read_records(records)
+    if kind == "dpo":
+        rows, stats = dpo_pairs(recs, s, precedent_fallback=not no_fallback)
+    elif kind in ("sft-dr", "sft-sc", "sft-cr"):
+        rows, stats = sft_set(recs, s, kind.split("-")[1])
+    else:
+        raise CadaError(f"--kind {kind!r}: use dpo, sft-dr, sft-sc or sft-cr")
+    write_records(output, rows)
+    out.print_json(data={"output": str(output), **stats})
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Option("--data", help="JSONL: DPO pairs, SFT messages, or GRPO prompts with a "
+                                       "label column.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder; the model lands in OUTPUT/model.")],
+    method: Annotated[str, typer.Option("--method", help="dpo | sft | grpo.")] = "dpo",
+    model: ModelOpt = "smollm2-135m",
+    lr: Annotated[float, typer.Option("--lr")] = 2e-4,
+    epochs: Annotated[float, typer.Option("--epochs")] = 1.0,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    grad_accum: Annotated[int, typer.Option("--grad-accum")] = 1,
+    beta: Annotated[float, typer.Option("--beta", help="DPO/GRPO KL strength.")] = 0.1,
+    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning.")] = 16,
+    max_length: Annotated[int, typer.Option("--max-length")] = 768,
+    no_merge: Annotated[bool, typer.Option("--no-merge", help="Keep only the LoRA adapter.")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    report_to: Annotated[str, typer.Option("--report-to", help="auto | tensorboard | wandb | none.")] = "auto",
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+) -> None:
+    """Train with TRL (DPO, SFT or GRPO; LoRA by default). Works under `accelerate launch`."""
+    from cada.train import TrainConfig, train
+
+    cfg = TrainConfig(method=method, learning_rate=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+                      beta=beta, lora_r=lora_r, max_length=max_length, merge=not no_merge, seed=seed,
+                      report_to=report_to)
+    path = train(model, data, output, cfg, trust_remote_code=trust_remote_code)
+    out.print(f"model: {path}", markup=False, highlight=False)
+
+
+@app.command("align")
+def align_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (resumes when it exists).")],
+    arm: Annotated[str, typer.Option("--arm", help="cada | da | sft-dr | sft-sc | sft-cr.")] = "cada",
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML AlignConfig; flags below override "
+                                                   "it.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Policy to align (default "
+                                                 "smollm2-135m).")] = None,
+    spec: SpecOpt = None,
+    pool: Annotated[Optional[Path], typer.Option("--pool", help="Your own prompt pool (CSV/JSON/JSONL with "
+                                                 "prompt,label[,category]).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Training prompts per label (CPU-sized "
+                                                 "runs).")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", help="Chains per prompt.")] = None,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", help="Regenerate with the trained policy and "
+                                                  "train again.")] = None,
+    warmup: Annotated[Optional[bool], typer.Option("--warmup/--no-warmup", help="SFT warm-up on "
+                                                   "precedent-grounded chains before DPO.")] = None,
+    base_url: BaseUrlOpt = None,
+) -> None:
+    """Run one arm end to end: pools, self-generation, judged pairs/SFT set, training."""
+    from cada.align import AlignConfig, align
+
+    cfg = AlignConfig.from_yaml(config) if config else AlignConfig()
+    upd = {"arm": arm, "model": model, "spec": str(spec) if spec else None, "rounds": rounds, "warmup": warmup,
+           "base_url": base_url}
+    cfg = cfg.model_copy(update={k: v for k, v in upd.items() if v is not None})
+    if pool is not None or limit is not None:
+        cfg.pool = cfg.pool.model_copy(update={k: v for k, v in {"user_pool": str(pool) if pool else None,
+                                                                  "limit_per_label": limit}.items() if v})
+    if n is not None:
+        cfg.generation = cfg.generation.model_copy(update={"n": n})
+    try:
+        cfg = AlignConfig.model_validate(cfg.model_dump())
+    except Exception as e:  # pydantic ValidationError -> one line
+        raise CadaError(f"invalid settings: {str(e).splitlines()[1:3]}") from None
+    summary = align(cfg, output)
+    out.print_json(data=summary)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 1."""
     try:

@@ -1,0 +1,237 @@
+"""One arm of the paper end to end into a run folder: pools -> self-generation -> training sets -> training.
+
+Arms: ``cada`` (case-grounded chains, DPO), ``da`` (rules-only deliberative alignment: code-grounded chains, DPO),
+``sft-dr`` (direct refusals), ``sft-sc`` (code-grounded chains, SFT), ``sft-cr`` (case-grounded chains, SFT).
+
+The run folder holds ``config.yaml``, ``pool/`` (train and held-back prompts, overlap report), ``round-<i>/``
+(``records.jsonl``, ``pairs.jsonl`` or ``sft.jsonl``, ``warmup.jsonl``, ``train/`` with the model and logs) and
+``summary.json``. Every stage skips what is already complete, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from cada.errors import CadaError
+from cada.records import read_records, write_records
+
+log = logging.getLogger(__name__)
+
+ARMS = {  # arm -> (self-generation mode, training method, SFT set)
+    "cada": ("cases", "dpo", None),
+    "da": ("codes", "dpo", None),
+    "sft-dr": ("none", "sft", "dr"),
+    "sft-sc": ("codes", "sft", "sc"),
+    "sft-cr": ("cases", "sft", "cr"),
+}
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PoolConfig(_Cfg):
+    user_pool: str | None = None          # CSV/JSONL with prompt,label[,category]; default: the shipped pools
+    limit_per_label: int | None = None    # cap harmful and benign training prompts (CPU-sized runs)
+    heldout_per_label: int = 50
+    jailbreak_share: float = 0.25
+
+
+class GenConfig(_Cfg):
+    n: int = 4
+    k: int = 6
+    temperature: float = 0.9
+    top_p: float = 0.95
+    max_new_tokens: int = 192
+    batch_size: int = 16
+
+
+class TrainCfg(_Cfg):
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    beta: float = 0.1
+    lora_r: int = 16
+    max_length: int = 768
+    merge: bool = True
+
+
+class AlignConfig(_Cfg):
+    """Everything one arm's run depends on; saved as ``config.yaml`` in the run folder."""
+
+    arm: Literal["cada", "da", "sft-dr", "sft-sc", "sft-cr"] = "cada"
+    model: str = "smollm2-135m"
+    spec: str | None = None
+    base_url: str | None = None           # generate through an OpenAI-compatible server instead of locally
+    seed: int = 0
+    rounds: int = Field(1, ge=1)
+    warmup: bool = True                   # SFT warm-up on precedent-grounded chains before DPO
+    precedent_fallback: bool = True
+    pool: PoolConfig = PoolConfig()
+    generation: GenConfig = GenConfig()
+    train: TrainCfg = TrainCfg()
+    warmup_train: TrainCfg = TrainCfg(epochs=1.0)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "AlignConfig":
+        from pydantic import ValidationError
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise CadaError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise CadaError(f"{path}:{mark.line + 1 if mark else 0}: malformed YAML") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise CadaError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
+    """Train and held-back prompts (written once to ``run/pool``, reused on resume)."""
+    from cada.data import pools as P
+
+    pool_dir = run / "pool"
+    train_path, held_path, report_path = pool_dir / "train.jsonl", pool_dir / "heldout.jsonl", pool_dir / "report.json"
+    if train_path.exists() and held_path.exists() and report_path.exists():
+        return P.read_pool(train_path), P.read_pool(held_path), json.loads(report_path.read_text())
+    if cfg.pool.user_pool:
+        prompts, report = P.load_user_pool(cfg.pool.user_pool), {"source": cfg.pool.user_pool}
+    else:
+        pools = P.build_pools(jailbreak_share=cfg.pool.jailbreak_share, seed=cfg.seed, spec=spec)
+        prompts = pools.prompts
+        report = {"counts": pools.counts, "removed_for_eval_overlap": len(pools.removed),
+                  "removed": pools.removed[:50]}
+    train, held = P.split_heldout(prompts, n_heldout_per_label=cfg.pool.heldout_per_label, seed=cfg.seed)
+    if cfg.pool.limit_per_label:
+        train = _balanced(train, cfg.pool.limit_per_label, cfg.seed)
+    pool_dir.mkdir(parents=True, exist_ok=True)
+    P.write_jsonl(train_path, train)
+    P.write_jsonl(held_path, held)
+    report.update(train=len(train), heldout=len(held))
+    report_path.write_text(json.dumps(report, indent=2))
+    return train, held, report
+
+
+def _balanced(prompts: list, per_label: int, seed: int) -> list:
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for label in ("harmful", "benign"):
+        xs = [p for p in prompts if p.label == label]
+        rng.shuffle(xs)
+        out += xs[:per_label]
+    return out
+
+
+def warmup_set(prompts: list, records: list[dict], spec) -> list[dict]:
+    """SFT warm-up rows that teach the answer format and precedent-grounded reasoning before DPO:
+    harmful -> a precedent-grounded refusal; benign -> the model's own best complying answer, with an analysis
+    grounded in the nearest complying precedent."""
+    from cada.pairs import PrecedentWriter, chain
+
+    writer = PrecedentWriter(spec)
+    best: dict[str, dict] = {}
+    for r in records:
+        if r["label"] == "benign" and r["judge"] == "comply" and (
+                r["id"] not in best or len(r["response"]) > len(best[r["id"]]["response"])):
+            best[r["id"]] = r
+    rows = []
+    for p in prompts:
+        if p.label == "harmful":
+            text = writer.refusal(p.prompt, p.category)
+        elif p.id in best:
+            text = chain(writer.analysis(p.prompt, "comply"), best[p.id]["response"])
+        else:
+            continue
+        rows.append({"id": p.id, "label": p.label, "messages": [{"role": "user", "content": p.prompt},
+                                                                 {"role": "assistant", "content": text}]})
+    return rows
+
+
+def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -> dict:
+    """Run one arm into ``output``; returns the summary (also written to ``output/summary.json``)."""
+    from cada.models.generate import make_generator
+    from cada.pairs import dpo_pairs, sft_set
+    from cada.selfgen import SelfGenConfig, self_generate, summarize
+    from cada.spec.schema import load_spec
+    from cada.train import TrainConfig, train
+
+    run = Path(output)
+    run.mkdir(parents=True, exist_ok=True)
+    saved = run / "config.yaml"
+    if saved.exists() and AlignConfig.model_validate(yaml.safe_load(saved.read_text())) != cfg:
+        raise CadaError(f"{saved}: this run folder was started with another config; use a new --output "
+                        "or the same settings to resume")
+    saved.write_text(cfg.to_yaml())
+    spec = load_spec(cfg.spec)
+    mode, method, sft_arm = ARMS[cfg.arm]
+    train_prompts, _, pool_report = prepare_pools(cfg, run, spec)
+    summary: dict = {"arm": cfg.arm, "base_model": cfg.model, "pool": {k: pool_report.get(k) for k in
+                                                                      ("train", "heldout",
+                                                                       "removed_for_eval_overlap")},
+                     "rounds": []}
+    policy = cfg.model
+    t_all = time.perf_counter()
+    for rnd in range(1, cfg.rounds + 1):
+        rdir = run / f"round-{rnd}"
+        info: dict = {"round": rnd, "policy": str(policy)}
+        t0 = time.perf_counter()
+        gen = make_generator(policy, base_url=cfg.base_url if rnd == 1 else None,
+                             batch_size=cfg.generation.batch_size, show_progress=show_progress)
+        g = cfg.generation
+        records = self_generate(train_prompts, gen, spec, rdir / "records.jsonl",
+                                SelfGenConfig(mode=mode, n=g.n, k=g.k, temperature=g.temperature, top_p=g.top_p,
+                                              max_new_tokens=g.max_new_tokens, seed=cfg.seed + 1000 * rnd),
+                                show_progress=show_progress)
+        info["generation_seconds"] = round(time.perf_counter() - t0, 1)
+        info["selfgen"] = summarize(records)
+        t = cfg.train
+        tcfg = TrainConfig(method=method, learning_rate=t.learning_rate, epochs=t.epochs, batch_size=t.batch_size,
+                           grad_accum=t.grad_accum, beta=t.beta, lora_r=t.lora_r, max_length=t.max_length,
+                           merge=t.merge, seed=cfg.seed)
+        start_model = policy
+        if method == "dpo" and cfg.warmup and rnd == 1:
+            wpath = rdir / "warmup.jsonl"
+            if not (rdir / "warmup" / "model" / "config.json").exists():
+                write_records(wpath, warmup_set(train_prompts, records, spec))
+                w = cfg.warmup_train
+                train(policy, wpath, rdir / "warmup", TrainConfig(
+                    method="sft", learning_rate=w.learning_rate, epochs=w.epochs, batch_size=w.batch_size,
+                    grad_accum=w.grad_accum, lora_r=w.lora_r, max_length=w.max_length, merge=True, seed=cfg.seed))
+            start_model = str(rdir / "warmup" / "model")
+            info["warmup_examples"] = len(read_records(wpath))
+        if method == "dpo":
+            rows, stats = dpo_pairs(records, spec, precedent_fallback=cfg.precedent_fallback)
+            data_path = rdir / "pairs.jsonl"
+        else:
+            rows, stats = sft_set(records, spec, sft_arm)
+            data_path = rdir / "sft.jsonl"
+        write_records(data_path, rows)
+        info["dataset"] = stats
+        model_dir = rdir / "train" / "model"
+        t1 = time.perf_counter()
+        if not (model_dir / "config.json").exists():
+            train(start_model, data_path, rdir / "train", tcfg)
+        info["train_seconds"] = round(time.perf_counter() - t1, 1)
+        policy = str(model_dir)
+        summary["rounds"].append(info)
+    summary["model"] = policy
+    summary["seconds"] = round(time.perf_counter() - t_all, 1)
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,78 @@
+"""Records: one JSON object a line, appended crash-safely, so any stage can be resumed, inspected with ``head``,
+or loaded with ``datasets.load_dataset("json", data_files=...)``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from cada.errors import CadaError
+
+
+def read_records(path: str | Path, *, repair: bool = False) -> list[dict]:
+    """All records of a JSONL file ([] when it does not exist).
+
+    A torn last line (a run killed mid-write) is dropped, and with ``repair=True`` cut from the file, so an append
+    that resumes the run never glues onto half a record. A bad line elsewhere is an error naming file and line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records: list[dict] = []
+    good_bytes = 0
+    with path.open("rb") as f:
+        lines = f.readlines()
+    for i, raw in enumerate(lines, 1):
+        text = raw.decode("utf-8", errors="replace").strip()
+        if not text:
+            good_bytes += len(raw)
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            if i == len(lines) and not raw.endswith(b"\n"):
+                break  # torn final line
+            raise CadaError(f"{path}:{i}: not a JSON object ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise CadaError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+        records.append(obj)
+        good_bytes += len(raw)
+    if repair and good_bytes < path.stat().st_size:
+        with path.open("r+b") as f:
+            f.truncate(good_bytes)
+    return records
+
+
+def append_records(path: str | Path, records: Iterable[dict]) -> int:
+    """Append records and fsync, so what was written survives a kill; returns how many."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+        f.flush()
+        os.fsync(f.fileno())
+    return n
+
+
+def write_records(path: str | Path, records: Iterable[dict]) -> int:
+    """Write a whole file atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), max(1, size)):
+        yield items[i:i + size]

@@ -1,0 +1,116 @@
+"""Self-generation: the policy samples N safety-reasoning chains per training prompt with the spec in context,
+a judge labels each final response, and every chain becomes one JSONL record with its reward.
+
+Resumable: records are appended a chunk of prompts at a time (all N samples of a prompt together); a restarted
+run skips the prompts already complete and never duplicates a record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cada.models.generate import Generator, SamplingParams, progress_bar
+from cada.reasoning import Mode, SafetyReasoner
+from cada.records import append_records, chunks, read_records
+from cada.spec.schema import Spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SelfGenConfig:
+    """How chains are sampled: ``mode`` cases for CADA, codes for rules-only DA."""
+
+    mode: str = "cases"
+    n: int = 4
+    k: int = 6
+    temperature: float = 0.9
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    seed: int = 0
+    chunk_size: int = 32  # prompts per checkpoint
+
+
+def _prompt_fields(p) -> dict:
+    d = p if isinstance(p, dict) else (p.model_dump() if hasattr(p, "model_dump") else asdict(p))
+    return {k: d.get(k) for k in ("id", "prompt", "label", "category", "source", "jailbreak")}
+
+
+def self_generate(prompts: Sequence, generator: Generator, spec: Spec, output: str | Path,
+                  config: SelfGenConfig = SelfGenConfig(), judge=None, show_progress: bool = True) -> list[dict]:
+    """Generate, judge and reward ``config.n`` chains per prompt into ``output`` (JSONL); returns all records.
+
+    ``prompts`` are pool prompts (objects or dicts with id, prompt, label harmful|benign, category, source).
+    ``judge`` has ``classify(responses, prompts) -> [result with .label]`` (default: the offline refusal judge).
+    """
+    from cada.judges.reward import outcome_reward
+
+    if judge is None:
+        from cada.judges.refusal import RefusalJudge
+
+        judge = RefusalJudge.load()
+    output = Path(output)
+    done = read_records(output, repair=True)
+    per_prompt: dict[str, int] = {}
+    for r in done:
+        per_prompt[r["id"]] = per_prompt.get(r["id"], 0) + 1
+    items = [_prompt_fields(p) for p in prompts]
+    ids = [it["id"] for it in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("prompt ids must be unique")
+    todo = [it for it in items if per_prompt.get(it["id"], 0) < config.n]
+    partial = [it["id"] for it in todo if per_prompt.get(it["id"], 0)]
+    if partial:  # only possible if an earlier run used a smaller n; keep records unique by (id, sample)
+        log.warning("%d prompts have fewer than n=%d samples; generating the missing ones", len(partial), config.n)
+    if not todo:
+        return done
+    reasoner = SafetyReasoner(spec, Mode(config.mode), k=config.k)
+    records = list(done)
+    t0 = time.perf_counter()
+    with progress_bar(disable=not show_progress) as bar:
+        task = bar.add_task(f"self-generating ({config.mode}, n={config.n})", total=len(items),
+                            completed=len(items) - len(todo))
+        for c, chunk in enumerate(chunks(todo, config.chunk_size)):
+            params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
+                                    max_new_tokens=config.max_new_tokens, n=config.n, seed=config.seed + c)
+            results = reasoner.run(generator, [it["prompt"] for it in chunk], params)
+            flat = [(it, r) for it, rs in zip(chunk, results) for r in rs
+                    if r.sample >= per_prompt.get(it["id"], 0)]
+            verdicts = judge.classify([r.response for _, r in flat], [it["prompt"] for it, _ in flat])
+            new = []
+            for (it, r), v in zip(flat, verdicts):
+                rec = {**it, "mode": r.mode, "sample": r.sample, "raw": r.raw, "reasoning": r.reasoning,
+                       "response": r.response, "format_ok": r.format_ok, "judge": v.label,
+                       "judge_probs": getattr(v, "probs", None),
+                       "reward": outcome_reward(it["label"], v.label),
+                       "cited_cases": r.cited_cases, "context_cases": r.context_cases}
+                new.append(rec)
+            append_records(output, new)
+            records += new
+            bar.advance(task, len(chunk))
+    log.info("self-generation: %d prompts in %.0f s", len(todo), time.perf_counter() - t0)
+    return records
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    """Share of samples refused / well-formatted, and prompts with at least one good sample, per label."""
+    out: dict = {}
+    for label in ("harmful", "benign"):
+        rs = [r for r in records if r.get("label") == label]
+        if not rs:
+            continue
+        by_prompt: dict[str, list[dict]] = {}
+        for r in rs:
+            by_prompt.setdefault(r["id"], []).append(r)
+        out[label] = {
+            "prompts": len(by_prompt), "samples": len(rs),
+            "refused_samples": round(sum(r["judge"] != "comply" for r in rs) / len(rs), 3),
+            "format_ok_samples": round(sum(bool(r.get("format_ok")) for r in rs) / len(rs), 3),
+            "prompts_with_a_good_sample": round(
+                sum(any(x["reward"] > 0 for x in v) for v in by_prompt.values()) / len(by_prompt), 3),
+        }
+    return out

@@ -1,0 +1,162 @@
+"""Training with TRL: DPO (CADA's default), SFT (the SFT arms and the warm-up), GRPO (online, judge as reward).
+
+LoRA via peft by default (``lora_r=0`` for full fine-tuning). Whatever the method, the output folder holds a plain
+merged Hugging Face model in ``<output>/model`` that every cada command takes as ``--model`` (and the adapter in
+``<output>/adapter`` when LoRA was used). Runs under ``accelerate launch`` for multi-GPU (configs/accelerate/).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cada.errors import CadaError
+
+log = logging.getLogger(__name__)
+METHODS = ("dpo", "sft", "grpo")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters shared by the three methods (CPU-sized defaults for the embedded model)."""
+
+    method: str = "dpo"
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    beta: float = 0.1                 # DPO / GRPO KL strength
+    lora_r: int = 16                  # 0 = full fine-tuning
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    max_length: int = 768
+    seed: int = 0
+    warmup_ratio: float = 0.05
+    logging_steps: int = 5
+    merge: bool = True
+    report_to: str = "auto"           # auto: tensorboard when installed, else none
+    # GRPO
+    num_generations: int = 4
+    max_completion_length: int = 192
+    extra: dict = field(default_factory=dict)  # passed to the TRL config as is
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise CadaError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
+
+
+def _report_to(value: str) -> str:
+    if value == "auto":
+        return "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+    return value
+
+
+def _common_args(cfg: TrainConfig, output: Path) -> dict:
+    import torch
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return dict(output_dir=str(output / "trainer"), learning_rate=cfg.learning_rate,
+                num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+                gradient_accumulation_steps=cfg.grad_accum, seed=cfg.seed, logging_steps=cfg.logging_steps,
+                report_to=_report_to(cfg.report_to), save_strategy="epoch",
+                save_total_limit=1, warmup_steps=cfg.warmup_ratio,  # < 1: a ratio of all steps
+                lr_scheduler_type="cosine", bf16=bf16,
+                use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, **cfg.extra)
+
+
+def _peft(cfg: TrainConfig):
+    if cfg.lora_r <= 0:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def _dataset(path_or_rows):
+    from datasets import Dataset, load_dataset
+
+    if isinstance(path_or_rows, list):
+        return Dataset.from_list(path_or_rows)
+    path = Path(path_or_rows)
+    if not path.is_file():
+        raise CadaError(f"{path}: training data not found")
+    return load_dataset("json", data_files=str(path), split="train")
+
+
+def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfig(), *,
+          trust_remote_code: bool = False, reward_funcs=None) -> Path:
+    """Train ``model`` on ``data`` (JSONL path or rows) with ``config.method``; returns ``<output>/model``.
+
+    Data shapes (as written by :mod:`cada.pairs`): DPO ``prompt/chosen/rejected`` (conversational), SFT
+    ``messages``, GRPO ``prompt`` plus a ``label`` column (harmful | benign) the reward functions read.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cada.models.load import resolve_model
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    source = resolve_model(model)
+    dataset = _dataset(data)
+    if len(dataset) == 0:
+        raise CadaError("the training set is empty: nothing to train on")
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    policy = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    args = _common_args(config, output)
+    t0 = time.perf_counter()
+    if config.method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        targs = DPOConfig(beta=config.beta, max_length=config.max_length, **args)
+        trainer = DPOTrainer(model=policy, args=targs, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=_peft(config))
+    elif config.method == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        targs = SFTConfig(max_length=config.max_length, assistant_only_loss=False, completion_only_loss=None,
+                          **args)
+        trainer = SFTTrainer(model=policy, args=targs, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=_peft(config))
+    else:
+        from trl import GRPOConfig, GRPOTrainer
+
+        from cada.judges.reward import format_reward, safety_reward
+
+        targs = GRPOConfig(beta=config.beta, num_generations=config.num_generations,
+                           max_completion_length=config.max_completion_length, **args)
+        trainer = GRPOTrainer(model=policy, reward_funcs=reward_funcs or [safety_reward, format_reward],
+                              args=targs, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=_peft(config))
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    return _save(trainer, tokenizer, output, config, {"train_seconds": round(seconds, 1),
+                                                      "examples": len(dataset), "base_model": str(model),
+                                                      "steps": result.global_step,
+                                                      "train_loss": round(result.training_loss, 4)})
+
+
+def _save(trainer, tokenizer, output: Path, config: TrainConfig, info: dict) -> Path:
+    model_dir = output / "model"
+    model = trainer.model
+    if not trainer.accelerator.is_main_process:
+        return model_dir
+    model = trainer.accelerator.unwrap_model(model)
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(output / "adapter")
+        if config.merge:
+            model = model.merge_and_unload()
+    if not hasattr(model, "peft_config"):
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+    (output / "train_info.json").write_text(json.dumps({**info, "config": asdict(config)}, indent=2))
+    log.info("trained %s in %.0f s -> %s", config.method, info["train_seconds"], model_dir)
+    return model_dir
