@@ -47,7 +47,7 @@ def self_generate(prompts: Sequence, generator: Generator, spec: Spec, output: s
     ``prompts`` are pool prompts (objects or dicts with id, prompt, label harmful|benign, category, source).
     ``judge`` has ``classify(responses, prompts) -> [result with .label]`` (default: the offline refusal judge).
     """
-    from cada.judges.reward import outcome_reward
+    from cada.judges.reward import SAFETY_REWARDS
 
     if judge is None:
         from cada.judges.refusal import RefusalJudge
@@ -86,7 +86,7 @@ def self_generate(prompts: Sequence, generator: Generator, spec: Spec, output: s
                 rec = {**it, "mode": r.mode, "sample": r.sample, "raw": r.raw, "reasoning": r.reasoning,
                        "response": r.response, "format_ok": r.format_ok, "judge": v.label,
                        "judge_probs": getattr(v, "probs", None),
-                       "reward": outcome_reward(it["label"], v.label),
+                       "reward": SAFETY_REWARDS[it["label"]][v.label],
                        "cited_cases": r.cited_cases, "context_cases": r.context_cases}
                 new.append(rec)
             append_records(output, new)
