@@ -82,7 +82,7 @@ class OverlapIndex:
                 counts[i] += 1
         best: Match | None = None
         chars = None
-        for i, shared in counts.items():
+        for i, shared in sorted(counts.items()):  # by reference index: ties resolve the same in every process
             ref_words = self._words[i]
             wj = shared / (len(words) + len(ref_words) - shared)
             # character 4-grams can only be similar when enough words are shared
