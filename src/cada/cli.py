@@ -21,8 +21,12 @@ app = typer.Typer(help="Case-Augmented Deliberative Alignment: safer LLMs from s
 spec_app = typer.Typer(help="Inspect and validate safety specs (statutes, codes, precedents).",
                        no_args_is_help=True)
 model_app = typer.Typer(help="Prepare and inspect models.", no_args_is_help=True)
+judge_app = typer.Typer(help="Judge final responses: the offline refusal judge or the StrongREJECT rubric "
+                        "judge over an OpenAI-compatible server; train and calibrate the refusal judge.",
+                        invoke_without_command=True, no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 app.add_typer(model_app, name="model")
+app.add_typer(judge_app, name="judge")
 
 out = Console()
 err = Console(stderr=True)
@@ -165,6 +169,88 @@ def reason(
             notes.append(f"precedents in context: {', '.join(result.context_cases)}")
         notes.append(f"cited: {', '.join(result.cited_cases) or '-'}")
         err.print("[dim]" + "; ".join(notes) + "[/]", highlight=False)
+
+
+# judge ------------------------------------------------------------------------------------------
+InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="CSV, JSON or JSONL file.")]
+ResponseColOpt = Annotated[str, typer.Option("--response-column", help="Column with the responses (only the "
+                                             "final response is judged).")]
+PromptColOpt = Annotated[Optional[str], typer.Option("--prompt-column", help="Column with the prompts.")]
+HeadOpt = Annotated[Optional[Path], typer.Option("--head", help="A refusal-judge head file (default: the "
+                                                 "shipped one).")]
+
+
+@judge_app.callback()
+def judge_cmd(
+    ctx: typer.Context,
+    input: InputOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="JSONL: every input row plus label "
+                                                   "(and the rubric scores).")] = None,
+    judge: Annotated[str, typer.Option("--judge", help="refusal (offline) | rubric (StrongREJECT, needs "
+                                       "--base-url).")] = "refusal",
+    response_column: ResponseColOpt = "response",
+    prompt_column: PromptColOpt = None,
+    head: HeadOpt = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Rubric judge model name on the "
+                                                 "server.")] = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Rubric judge requests in flight.")] = 8,
+) -> None:
+    """Judge every row of a file: cada judge --input FILE --response-column COL --output OUT.jsonl."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cada.judges.batch import judge_file
+
+    if input is None or output is None:
+        raise CadaError("cada judge needs --input FILE and --output OUT.jsonl (or a subcommand: train, calibrate)")
+    generator = None
+    if judge == "rubric":
+        if not base_url:
+            raise CadaError("--judge rubric needs --base-url (and --model) of an OpenAI-compatible server")
+        from cada.models.generate import OpenAIGenerator
+
+        generator = OpenAIGenerator(base_url, model or "default", api_key=api_key, concurrency=concurrency)
+    summary = judge_file(input, output, judge=judge, response_column=response_column, prompt_column=prompt_column,
+                         head=head, generator=generator)
+    out.print_json(data=summary)
+
+
+@judge_app.command("train")
+def judge_train(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Head file to write (JSON).")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder with the XSTest completion CSVs "
+                                           "(model_completions__xstest_v2_completions_<model>.csv).")],
+    models: Annotated[Optional[list[str]], typer.Option("--model", help="Completion sets to train on "
+                                                        "(repeatable; default: all four).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Retrain the refusal judge's head reproducibly (same data and seed -> identical file)."""
+    from cada.judges.training import XSTEST_MODELS, train_refusal_judge
+
+    train_refusal_judge(data_dir, output, seed=seed, models=models or XSTEST_MODELS)
+    out.print(f"wrote {output}", markup=False, highlight=False)
+
+
+@judge_app.command("calibrate")
+def judge_calibrate(
+    input: Annotated[Path, typer.Option("--input", "-i", help="CSV, JSON or JSONL with human labels.")],
+    label_column: Annotated[str, typer.Option("--label-column", help="comply/refuse/partial (or XSTest's "
+                                              "1_full_compliance, ...).")],
+    response_column: ResponseColOpt = "response",
+    prompt_column: PromptColOpt = None,
+    head: HeadOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Accuracy, per-class precision/recall and the confusion matrix of the refusal judge against human labels."""
+    from cada.judges.batch import calibrate, report_text
+
+    report = calibrate(input, label_column, response_column=response_column, prompt_column=prompt_column,
+                       head=head)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        out.print(report_text(report), markup=False, highlight=False)
 
 
 # training ---------------------------------------------------------------------------------------

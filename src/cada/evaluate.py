@@ -105,10 +105,10 @@ def evaluate(items: Sequence[EvalItem], generator: Generator, spec: Spec, output
                 row["correct"] = gsm8k_correct(r.response, it.reference)
             rows.append(row)
         if rubric is not None:
-            scored = rubric.score([row["prompt"] for row in rows], [row["response"] for row in rows])
+            scored = rubric.judge([row["prompt"] for row in rows], [row["response"] for row in rows])
             for row, s in zip(rows, scored):
                 row["rubric_score"] = s.score
-                row["rubric"] = s.to_dict() if hasattr(s, "to_dict") else s.__dict__
+                row["rubric"] = {k: v for k, v in s.to_dict().items() if k != "raw"}
         append_records(rec_path, rows)
         done += rows
     order = {it.id: i for i, it in enumerate(items)}

@@ -1,0 +1,81 @@
+"""CADA on the embedded model at CPU size: refusal on held-back *training-pool* prompts, base vs trained.
+
+    python benchmarks/align_recipe.py --limit 120 --n 2 --out benchmarks/results/align_recipe.json
+
+Runs `cada align --arm cada` (SFT warm-up on precedent-grounded chains, then DPO on self-generated pairs) into a
+run folder, then answers the held-back prompts (50 harmful + 50 benign by default, never trained on) greedily with
+the bare request (mode none: the spec is not in the prompt) for the base model, the warmed-up model and the final
+model. Reports keyword (string-match) and offline-judge refusal rates for harmful and benign prompts separately,
+plus the stage timings from the run's summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def refusal_rates(model: str, heldout, out_dir: Path, max_new_tokens: int) -> dict:
+    from cada.evaluate import EvalItem, evaluate
+    from cada.judges.refusal import string_match_label
+    from cada.models.generate import LocalGenerator
+    from cada.records import read_records
+    from cada.spec import load_spec
+
+    items = [EvalItem(id=p.id, prompt=p.prompt, kind=p.label, category=p.category) for p in heldout]
+    gen = LocalGenerator.from_name(model, batch_size=16, show_progress=False)
+    t0 = time.perf_counter()
+    evaluate(items, gen, load_spec(), out_dir, mode="none", max_new_tokens=max_new_tokens, show_progress=False)
+    recs = read_records(out_dir / "records.jsonl")
+    res = {"seconds": round(time.perf_counter() - t0, 1)}
+    for kind in ("harmful", "benign"):
+        rs = [r for r in recs if r["kind"] == kind]
+        res[kind] = {"n": len(rs),
+                     "keyword_refusal": round(sum(string_match_label(r["response"]) == "refuse" for r in rs) / len(rs), 3),
+                     "judge_refusal": round(sum(r["judge"] != "comply" for r in rs) / len(rs), 3)}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="runs/bench-cada")
+    ap.add_argument("--limit", type=int, default=120, help="training prompts per label")
+    ap.add_argument("--n", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--warmup-epochs", type=float, default=2.0)
+    ap.add_argument("--dpo-epochs", type=float, default=1.0)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "align_recipe.json"))
+    args = ap.parse_args()
+
+    from cada.align import AlignConfig, GenConfig, PoolConfig, TrainCfg, align, prepare_pools
+    from cada.spec import load_spec
+
+    cfg = AlignConfig(arm="cada", pool=PoolConfig(limit_per_label=args.limit, heldout_per_label=50),
+                      generation=GenConfig(n=args.n, k=4, max_new_tokens=args.max_new_tokens),
+                      train=TrainCfg(epochs=args.dpo_epochs, learning_rate=args.lr, max_length=640),
+                      warmup_train=TrainCfg(epochs=args.warmup_epochs, learning_rate=args.lr, max_length=640))
+    run = Path(args.run)
+    _, heldout, _ = prepare_pools(cfg, run, load_spec())
+    result: dict = {"config": cfg.model_dump(mode="json")}
+    result["base"] = refusal_rates("smollm2-135m", heldout, run / "eval-base", args.max_new_tokens)
+    print("base", result["base"], flush=True)
+    t0 = time.perf_counter()
+    summary = align(cfg, run)
+    result["align_seconds"] = round(time.perf_counter() - t0, 1)
+    result["summary"] = summary
+    warm = run / "round-1" / "warmup" / "model"
+    if warm.exists():
+        result["warmup_only"] = refusal_rates(str(warm), heldout, run / "eval-warmup", args.max_new_tokens)
+        print("warmup", result["warmup_only"], flush=True)
+    result["cada"] = refusal_rates(summary["model"], heldout, run / "eval-cada", args.max_new_tokens)
+    print("cada", result["cada"], flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
