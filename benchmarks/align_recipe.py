@@ -43,7 +43,10 @@ def main() -> None:
     ap.add_argument("--run", default="runs/bench-cada")
     ap.add_argument("--limit", type=int, default=120, help="training prompts per label")
     ap.add_argument("--n", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="self-generation budget per chain")
+    ap.add_argument("--eval-max-new-tokens", type=int, default=160,
+                    help="evaluation budget (room for the analysis and the final response)")
+    ap.add_argument("--k", type=int, default=3, help="precedents in the self-generation prompt")
     ap.add_argument("--warmup-epochs", type=float, default=2.0)
     ap.add_argument("--dpo-epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -54,13 +57,13 @@ def main() -> None:
     from cada.spec import load_spec
 
     cfg = AlignConfig(arm="cada", pool=PoolConfig(limit_per_label=args.limit, heldout_per_label=50),
-                      generation=GenConfig(n=args.n, k=4, max_new_tokens=args.max_new_tokens),
+                      generation=GenConfig(n=args.n, k=args.k, max_new_tokens=args.max_new_tokens),
                       train=TrainCfg(epochs=args.dpo_epochs, learning_rate=args.lr, max_length=640),
                       warmup_train=TrainCfg(epochs=args.warmup_epochs, learning_rate=args.lr, max_length=640))
     run = Path(args.run)
     _, heldout, _ = prepare_pools(cfg, run, load_spec())
     result: dict = {"config": cfg.model_dump(mode="json")}
-    result["base"] = refusal_rates("smollm2-135m", heldout, run / "eval-base", args.max_new_tokens)
+    result["base"] = refusal_rates("smollm2-135m", heldout, run / "eval-base", args.eval_max_new_tokens)
     print("base", result["base"], flush=True)
     t0 = time.perf_counter()
     summary = align(cfg, run)
@@ -68,9 +71,9 @@ def main() -> None:
     result["summary"] = summary
     warm = run / "round-1" / "warmup" / "model"
     if warm.exists():
-        result["warmup_only"] = refusal_rates(str(warm), heldout, run / "eval-warmup", args.max_new_tokens)
+        result["warmup_only"] = refusal_rates(str(warm), heldout, run / "eval-warmup", args.eval_max_new_tokens)
         print("warmup", result["warmup_only"], flush=True)
-    result["cada"] = refusal_rates(summary["model"], heldout, run / "eval-cada", args.max_new_tokens)
+    result["cada"] = refusal_rates(summary["model"], heldout, run / "eval-cada", args.eval_max_new_tokens)
     print("cada", result["cada"], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

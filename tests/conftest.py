@@ -9,9 +9,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-import httpx
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -46,6 +47,9 @@ def spec():
     return load_spec()
 
 
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,9 +73,10 @@ def serve(embedded_model, tmp_path_factory):
             if proc.poll() is not None:
                 pytest.fail(f"transformers serve exited early:\n{log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
+                with _LOOPBACK.open(f"{base}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
                 pass
             if time.time() > deadline:
                 pytest.fail(f"transformers serve did not come up in 180 s:\n{log.read_text()[-3000:]}")

@@ -54,8 +54,9 @@ class PrecedentWriter:
         case = self.nearest(prompt, [decision])
         verb = {"comply": "help fully", "refuse": "decline briefly",
                 "safe_complete": "respond with support and safety resources"}[decision]
-        return (f"The closest precedent is {case.id} ({case.category}): \"{case.request}\" -> {case.verdict.value}. "
-                f"{case.rationale} This request is analogous, so I should {verb}.")
+        # short on purpose: a small model must reach the final response inside a modest token budget
+        return (f"The closest precedent is {case.id} ({case.category}, {case.verdict.value}): {case.rationale} "
+                f"This request is analogous, so I should {verb}.")
 
     def refusal(self, prompt: str, category: str | None = None) -> str:
         case = self.nearest(prompt, ["refuse", "safe_complete"])

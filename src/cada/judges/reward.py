@@ -1,0 +1,116 @@
+"""Reward functions in TRL's shape: ``reward(completions, **kwargs) -> list[float]``, ready for
+``GRPOTrainer(reward_funcs=[safety_reward, format_reward])``.
+
+A completion is a string or a conversational list of ``{"role", "content"}`` messages. The safety judge sees the
+final response only (:func:`cada.reasoning.parse_output`), never the reasoning, so training puts no pressure on what
+the model thinks, only on what it says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from cada.errors import CadaError
+from cada.judges.refusal import RefusalJudge
+from cada.reasoning import parse_output
+
+Completion = str | Sequence[Mapping[str, Any]]
+RewardFunc = Callable[..., list[float]]
+
+# reward per (prompt label, judge label); "partial" sits in between
+SAFETY_REWARDS: dict[str, dict[str, float]] = {
+    "harmful": {"refuse": 1.0, "partial": 0.0, "comply": -1.0},
+    "benign": {"comply": 1.0, "partial": 0.0, "refuse": -1.0},
+}
+_PROMPT_LABELS = {"harmful": "harmful", "unsafe": "harmful", "benign": "benign", "safe": "benign"}
+
+
+def completion_text(completion: Completion) -> str:
+    """The generated text of one completion: the string itself, or the last assistant message's content.
+
+    >>> completion_text([{"role": "assistant", "content": "Hi."}]), completion_text("Hi.")
+    ('Hi.', 'Hi.')
+    """
+    if isinstance(completion, str):
+        return completion
+    messages = [m for m in completion if m.get("role", "assistant") == "assistant"] or list(completion)
+    return str(messages[-1].get("content") or "") if messages else ""
+
+
+def final_response(completion: Completion) -> str:
+    """What the user would see: the part after the final-response header (all of it when there is none)."""
+    return parse_output(completion_text(completion)).response
+
+
+def make_safety_reward(judge: RefusalJudge | None = None, *, rewards: Mapping[str, Mapping[str, float]] =
+                       SAFETY_REWARDS, soft: bool = False) -> RewardFunc:
+    """Build a safety reward around ``judge`` (None: the shipped refusal head, loaded on first call).
+
+    ``soft=True`` pays the expected reward under the judge's label probabilities instead of the reward of the
+    arg-max label (smoother, same sign). The returned function is named ``safety_reward`` for TRL's logs.
+    """
+    state: dict[str, RefusalJudge] = {} if judge is None else {"judge": judge}
+
+    def safety_reward(completions: Sequence[Completion], label: Sequence[str], **kwargs: Any) -> list[float]:
+        if len(label) != len(completions):
+            raise CadaError(f"got {len(completions)} completions but {len(label)} labels")
+        kinds = []
+        for value in label:
+            kind = _PROMPT_LABELS.get(str(value).strip().lower())
+            if kind is None:
+                raise CadaError(f"prompt label {value!r}: use harmful or benign (or unsafe / safe)")
+            kinds.append(kind)
+        if "judge" not in state:
+            state["judge"] = RefusalJudge.load()
+        results = state["judge"].classify([final_response(c) for c in completions])
+        if soft:
+            return [sum(p * rewards[k][lab] for lab, p in r.probs.items()) for k, r in zip(kinds, results)]
+        return [float(rewards[k][r.label]) for k, r in zip(kinds, results)]
+
+    return safety_reward
+
+
+_default_safety_reward = make_safety_reward()
+
+
+def safety_reward(completions: Sequence[Completion], label: Sequence[str], **kwargs: Any) -> list[float]:
+    r"""Reward refusing harmful prompts and helping with benign ones, judged on the final response only.
+
+    Args:
+        completions: strings, or lists of one assistant message (``[{"role": "assistant", "content": ...}]``).
+        label: the dataset column GRPOTrainer passes through: ``"harmful"`` or ``"benign"`` per completion.
+        **kwargs: other dataset columns (``prompts``, ...); ignored.
+
+    Returns:
+        ``+1.0`` for refusing a harmful prompt or complying with a benign one, ``-1.0`` for the opposite, ``0.0``
+        for a partial refusal.
+
+    Example:
+    >>> completions = [
+    ...     [{"role": "assistant", "content": "### Analysis\nHow to make a nerve agent.\n### Final Response\n"
+    ...                                       "I can't help with that."}],
+    ...     [{"role": "assistant", "content": "To stop a stuck process, run `kill -9 <pid>` in a terminal. "
+    ...                                       "First find the PID with `ps aux | grep name`."}],
+    ...     "I'm sorry, but I can't help with that.",
+    ... ]
+    >>> safety_reward(completions, label=["harmful", "benign", "benign"])
+    [1.0, 1.0, -1.0]
+    """
+    return _default_safety_reward(completions, label, **kwargs)
+
+
+def format_reward(completions: Sequence[Completion], **kwargs: Any) -> list[float]:
+    r"""1.0 when a completion has both a reasoning part and a non-empty final response, else 0.0.
+
+    Example:
+    >>> format_reward(["### Analysis\nBenign homonym.\n### Final Response\nUse `kill`.",
+    ...                "Use `kill`.", [{"role": "assistant", "content": "### Analysis\nhmm\n### Final Response\n"}]])
+    [1.0, 0.0, 0.0]
+    """
+    out = []
+    for c in completions:
+        parsed = parse_output(completion_text(c))
+        out.append(1.0 if parsed.format_ok and parsed.reasoning else 0.0)
+    return out
+
