@@ -28,7 +28,7 @@ app.add_typer(spec_app, name="spec")
 app.add_typer(model_app, name="model")
 app.add_typer(judge_app, name="judge")
 
-out = Console()
+out = Console() if sys.stdout.isatty() else Console(width=160)  # piped output: tables without wrapping
 err = Console(stderr=True)
 
 # shared options ---------------------------------------------------------------------------------
@@ -394,6 +394,176 @@ def align_cmd(
         raise CadaError(f"invalid settings: {str(e).splitlines()[1:3]}") from None
     summary = align(cfg, output)
     out.print_json(data=summary)
+
+
+# evaluation, study, demo -------------------------------------------------------------------------
+def _rate(m: dict, key: str) -> str:
+    r = m.get(key)
+    if not isinstance(r, dict) or r.get("value") is None:
+        return "-"
+    lo, hi = r["ci95"]
+    return f"{r['value']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _metrics_table(rows: dict[str, dict], title: str) -> Table:
+    t = Table(title=title)
+    for c in ("set", "n", "refusal", "partial", "compliance", "accuracy"):
+        t.add_column(c)
+    for name, m in rows.items():
+        t.add_row(name, str(m.get("n", 0)), _rate(m, "refusal_rate"), _rate(m, "partial_rate"),
+                  _rate(m, "compliance_rate"), _rate(m, "accuracy"))
+    return t
+
+
+@app.command("eval")
+def eval_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for records.jsonl + metrics.json "
+                                         "(resumes when it exists).")],
+    model: ModelOpt = "smollm2-135m",
+    dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Your own CSV / JSON / JSONL of "
+                                                    "prompts.")] = None,
+    prompt_column: Annotated[str, typer.Option("--prompt-column", help="Prompt column of --dataset.")] = "prompt",
+    kind: Annotated[Optional[str], typer.Option("--kind", help="harmful | benign | utility (with --dataset).")] = None,
+    reference_column: Annotated[Optional[str], typer.Option("--reference-column", help="Reference answers "
+                                                            "(utility sets).")] = None,
+    benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="A shipped benchmark: "
+                                                     "strongreject, strongreject-small, advbench, xstest-safe, "
+                                                     "xstest-unsafe, gsm8k.")] = None,
+    suite: Annotated[Optional[str], typer.Option("--suite", help="Named suite: default | demo | full (one "
+                                                 "subfolder per set).")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="none | codes | cases.")] = "none",
+    attack: Annotated[Optional[list[str]], typer.Option("--attack", help="Jailbreak wrapper (repeatable): "
+                                                        "inthewild, prefix_injection, refusal_suppression.")] = None,
+    attack_file: Annotated[Optional[Path], typer.Option("--attack-file", help="CSV of ready-made attack "
+                                                        "prompts (column --attack-column).")] = None,
+    attack_column: Annotated[str, typer.Option("--attack-column")] = "prompt",
+    templates: Annotated[int, typer.Option("--templates", help="In-the-wild templates per prompt.")] = 2,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="First N prompts (before wrapping).")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 192,
+    k: Annotated[int, typer.Option("--k", help="Precedents in context for --mode cases (0 = all).")] = 6,
+    judge: Annotated[str, typer.Option("--judge", help="refusal (offline) | rubric (StrongREJECT rubric over "
+                                       "--judge-base-url).")] = "refusal",
+    judge_base_url: Annotated[Optional[str], typer.Option("--judge-base-url", envvar="CADA_JUDGE_BASE_URL",
+                                                          help="OpenAI-compatible server for the rubric "
+                                                          "judge.")] = None,
+    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Model name on that server.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Evaluate a model on a benchmark, your own file, or a named suite; rates with 95% bootstrap intervals."""
+    from cada.evaluate import evaluate
+    from cada.judges.refusal import RefusalJudge
+    from cada.models.generate import make_generator
+    from cada.reasoning import Mode
+    from cada.spec.schema import load_spec
+    from cada.study import SUITES, EvalSet, eval_items
+
+    try:
+        Mode(mode)
+    except ValueError:
+        raise CadaError(f"--mode {mode!r}: use none, codes or cases") from None
+    if judge not in ("refusal", "rubric"):
+        raise CadaError(f"--judge {judge!r}: use refusal or rubric")
+    chosen = [x for x in (dataset, benchmark, suite) if x is not None]
+    if len(chosen) != 1:
+        raise CadaError("give exactly one of --dataset FILE, --benchmark NAME or --suite NAME")
+    if dataset is not None:
+        if not dataset.is_file():
+            raise CadaError(f"{dataset}: dataset file not found")
+        if kind is None:
+            raise CadaError("--kind is required with --dataset: harmful, benign or utility")
+        sets = [EvalSet(name=dataset.stem, file=str(dataset), prompt_column=prompt_column, kind=kind,
+                        reference_column=reference_column, limit=limit, attacks=attack or [], templates=templates,
+                        attack_file=str(attack_file) if attack_file else None, attack_column=attack_column)]
+    elif benchmark is not None:
+        sets = [EvalSet(name=benchmark, limit=limit, attacks=attack or [], templates=templates,
+                        attack_file=str(attack_file) if attack_file else None, attack_column=attack_column)]
+    else:
+        if suite not in SUITES:
+            raise CadaError(f"--suite {suite!r}: use one of {', '.join(SUITES)}")
+        sets = [x.model_copy(update={"limit": limit}) if limit else x for x in SUITES[suite]]
+    if attack_file is not None and not attack_file.is_file():
+        raise CadaError(f"{attack_file}: attack file not found")
+    rubric = None
+    if judge == "rubric":
+        from cada.judges.rubric import RubricJudge
+
+        if not judge_base_url:
+            raise CadaError("--judge rubric needs --judge-base-url (or $CADA_JUDGE_BASE_URL)")
+        rubric = RubricJudge(make_generator(judge_model, base_url=judge_base_url, api_key=api_key))
+    loaded = [(s, eval_items(s)) for s in sets]
+    for s, items in loaded:
+        if not items:
+            raise CadaError(f"{s.name}: no prompts to evaluate")
+    s = load_spec()
+    gen = make_generator(model, base_url=base_url, api_key=api_key, batch_size=batch_size)
+    j = RefusalJudge.load()
+    results = {}
+    for es, items in loaded:
+        folder = output if suite is None else output / es.name
+        results[es.name] = evaluate(items, gen, s, folder, mode=mode, k=k, max_new_tokens=max_new_tokens,
+                                    judge=j, rubric=rubric if items[0].kind == "harmful" else None, seed=seed)
+    if suite is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "metrics.json").write_text(json.dumps(results, indent=2))
+    out.print(_metrics_table(results, f"{model} ({mode})"))
+    for name, m in results.items():
+        if "by_attack" in m:
+            out.print(_metrics_table(m["by_attack"], f"{name}: by attack"))
+    out.print(f"wrote {output}", markup=False, highlight=False)
+
+
+def _print_summary(summary: dict, output: Path) -> None:
+    t = Table(title=f"{summary.get('name', 'study')}: headline (refused or partial; accuracy for GSM8K)")
+    cols = ("harmful_refusal", "jailbreak_refusal", "benign_refusal", "gsm8k_accuracy", "reference_loglik")
+    t.add_column("system")
+    for c in cols:
+        t.add_column(c.replace("_", " "))
+    for name, h in summary["headline"].items():
+        t.add_row(summary["systems"][name]["label"], *("-" if h.get(c) is None else f"{h[c]:.2f}" for c in cols))
+    out.print(t)
+    report = summary.get("report", {})
+    out.print(f"wall time: {summary.get('wall_seconds', 0) / 60:.1f} min", markup=False, highlight=False)
+    if report:
+        out.print(f"report: {report.get('html')}", markup=False, highlight=False)
+    out.print(f"summary: {output / 'summary.json'}", markup=False, highlight=False)
+
+
+@app.command("study")
+def study_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Study YAML (see configs/).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Study folder (resumes when it "
+                                                   "exists); default runs/<name>.")] = None,
+) -> None:
+    """Run the paper's study at any size from a YAML config: base x reasoning modes, trained arms, report."""
+    from cada.study import StudyConfig, run_study
+
+    cfg = StudyConfig.from_yaml(config)
+    output = output or Path("runs") / cfg.name
+    _print_summary(run_study(cfg, output), output)
+
+
+@app.command("demo")
+def demo_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Study folder (resumes when it exists).")] = Path(
+        "runs/demo"),
+    model: ModelOpt = "smollm2-135m",
+) -> None:
+    """The whole study at CPU size on the embedded model (about 20 minutes on two cores), with a report."""
+    from cada.study import demo_config, run_study
+
+    _print_summary(run_study(demo_config(model), output), output)
+
+
+@app.command("report")
+def report_cmd(study: Annotated[Path, typer.Argument(help="Study folder (holds summary.json).")]) -> None:
+    """(Re)write a study's report: HTML (self-contained), markdown and JSON."""
+    from cada.report import write_report
+
+    for kind, path in write_report(study).items():
+        out.print(f"{kind}: {path}", markup=False, highlight=False)
 
 
 def main() -> None:

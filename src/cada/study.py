@@ -1,0 +1,460 @@
+"""The paper's study end to end: base model under the three reasoning modes, the trained arms (CADA, rules-only
+DA, SFT arms), evaluated on real benchmarks, with a report. ``cada demo`` is the CPU-sized preset;
+``cada study --config FILE`` runs any size.
+
+The study folder holds ``config.yaml``, ``pool/`` (shared training / held-back prompts and the overlap report),
+``arms/<arm>/`` (one ``cada align`` run folder per arm), ``eval/<system>/<set>/`` (``records.jsonl`` +
+``metrics.json``), ``eval/<system>/loglik.json``, ``summary.json`` and ``report.{html,md,json}``. Every stage skips
+what is complete, so a killed study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field
+
+from cada.align import AlignConfig, GenConfig, PoolConfig, TrainCfg, _Cfg
+from cada.errors import CadaError
+
+Kind = Literal["harmful", "benign", "utility"]
+MODE_LABELS = {"none": "w/o SR", "codes": "SR w S (codes)", "cases": "SR w C (cases)"}
+ARM_LABELS = {"cada": "CADA", "da": "Rules-only DA", "sft-dr": "SFT w DR", "sft-sc": "SFT w Sc",
+              "sft-cr": "SFT w CR"}
+
+
+class EvalSet(_Cfg):
+    """One evaluation set: a shipped benchmark or a user file, optionally wrapped in jailbreak attacks."""
+
+    name: str                                 # label in the report; the shipped benchmark unless file/benchmark
+    benchmark: str | None = None              # shipped benchmark name (default: ``name``)
+    file: str | None = None                   # CSV / JSON / JSONL of prompts instead of a shipped benchmark
+    prompt_column: str = "prompt"
+    reference_column: str | None = None
+    kind: Kind | None = None                  # required with ``file``
+    limit: int | None = None
+    attacks: list[str] = []                   # inthewild | prefix_injection | refusal_suppression
+    templates: int = 2                        # in-the-wild evaluation templates per prompt
+    attack_file: str | None = None            # CSV of ready-made attack prompts (PAIR / GCG artifacts)
+    attack_column: str = "prompt"
+
+
+SUITES: dict[str, list[EvalSet]] = {
+    "default": [
+        EvalSet(name="strongreject", limit=100),
+        EvalSet(name="strongreject+jailbreak", benchmark="strongreject", limit=50,
+                attacks=["inthewild", "prefix_injection", "refusal_suppression"], templates=2),
+        EvalSet(name="advbench", limit=100),
+        EvalSet(name="xstest-safe"),
+        EvalSet(name="xstest-unsafe"),
+        EvalSet(name="gsm8k", limit=100),
+    ],
+    "demo": [
+        EvalSet(name="strongreject-small", limit=16),
+        EvalSet(name="strongreject-small+jailbreak", benchmark="strongreject-small", limit=8,
+                attacks=["prefix_injection", "refusal_suppression"]),
+        EvalSet(name="xstest-safe", limit=16),
+        EvalSet(name="gsm8k", limit=8),
+    ],
+    "full": [
+        EvalSet(name="strongreject"),
+        EvalSet(name="strongreject+jailbreak", benchmark="strongreject",
+                attacks=["inthewild", "prefix_injection", "refusal_suppression"], templates=4),
+        EvalSet(name="advbench"),
+        EvalSet(name="xstest-safe"),
+        EvalSet(name="xstest-unsafe"),
+        EvalSet(name="gsm8k", limit=500),
+    ],
+}
+
+
+class EvalCfg(_Cfg):
+    suite: str | list[EvalSet] = "default"
+    max_new_tokens: int = 192
+    k: int = 6                                # precedents in the prompt for the base model's cases mode
+    batch_size: int = 16
+    judge: Literal["refusal", "rubric"] = "refusal"
+    judge_base_url: str | None = None         # rubric judge: OpenAI-compatible server (key from CADA_API_KEY)
+    judge_model: str | None = None
+    loglik_n: int = 32                        # GSM8K reference answers scored for log-likelihood (0 = skip)
+
+    def sets(self) -> list[EvalSet]:
+        if isinstance(self.suite, str):
+            if self.suite not in SUITES:
+                raise CadaError(f"unknown suite {self.suite!r}: use one of {', '.join(SUITES)} or a list of sets")
+            return SUITES[self.suite]
+        return self.suite
+
+
+class StudyConfig(_Cfg):
+    """Everything a study depends on; saved as ``config.yaml`` in the study folder."""
+
+    name: str = "study"
+    model: str = "smollm2-135m"
+    spec: str | None = None
+    base_url: str | None = None               # serve the base model over HTTP (generation of base systems + round 1)
+    seed: int = 0
+    base_modes: list[Literal["none", "codes", "cases"]] = ["none", "codes", "cases"]
+    arms: list[Literal["cada", "da", "sft-dr", "sft-sc", "sft-cr"]] = ["cada", "da"]
+    rounds: int = Field(1, ge=1)
+    warmup: bool = True
+    precedent_fallback: bool = True
+    pool: PoolConfig = PoolConfig()
+    generation: GenConfig = GenConfig()
+    train: TrainCfg = TrainCfg()
+    warmup_train: TrainCfg = TrainCfg(epochs=1.0)
+    eval: EvalCfg = EvalCfg()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "StudyConfig":
+        from pydantic import ValidationError
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise CadaError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise CadaError(f"{path}:{mark.line + 1 if mark else 0}: malformed YAML") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise CadaError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=False), sort_keys=False)
+
+    def arm_config(self, arm: str) -> AlignConfig:
+        return AlignConfig(arm=arm, model=self.model, spec=self.spec, base_url=self.base_url, seed=self.seed,
+                           rounds=self.rounds, warmup=self.warmup, precedent_fallback=self.precedent_fallback,
+                           pool=self.pool, generation=self.generation, train=self.train,
+                           warmup_train=self.warmup_train)
+
+
+def demo_config(model: str = "smollm2-135m") -> StudyConfig:
+    """The CPU-sized preset behind ``cada demo``: shows the direction in minutes, not the final quality."""
+    return StudyConfig(
+        name="demo", model=model,
+        pool=PoolConfig(limit_per_label=40, heldout_per_label=50),
+        generation=GenConfig(n=2, k=3, max_new_tokens=48, batch_size=16),
+        train=TrainCfg(epochs=1.0, learning_rate=2e-4, max_length=384, batch_size=8),
+        warmup_train=TrainCfg(epochs=2.0, learning_rate=2e-4, max_length=384, batch_size=8),
+        eval=EvalCfg(suite="demo", max_new_tokens=96, k=3, loglik_n=16),
+    )
+
+
+# --- evaluation items --------------------------------------------------------------------------------
+
+def eval_items(s: EvalSet) -> list:
+    """The items of one evaluation set, deterministic (the first ``limit`` prompts, then wrapped)."""
+    from cada.data import benchmarks as B
+
+    if s.file:
+        if not s.kind:
+            raise CadaError(f"eval set {s.name!r}: a file needs a kind (harmful, benign or utility)")
+        items = B.load_file(s.file, s.prompt_column, s.kind, reference_column=s.reference_column)
+    else:
+        items = B.load_benchmark(s.benchmark or s.name)
+    if s.limit:
+        items = items[:s.limit]
+    if s.attacks or s.attack_file:
+        items = B.wrap(items, s.attacks, templates=s.templates, attack_file=s.attack_file,
+                       attack_column=s.attack_column)
+    return items
+
+
+def _kind(items: list) -> str:
+    kinds = {it.kind for it in items}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+# --- the study ---------------------------------------------------------------------------------------
+
+class _Clock:
+    """Stage timings and a whole-study ETA from rough stage weights, rescaled by the pace observed so far."""
+
+    def __init__(self, stages: list[tuple[str, float]], console):
+        self.stages, self.console = stages, console
+        self.total = sum(w for _, w in stages) or 1.0
+        self.done_w, self.t0, self.timings = 0.0, time.perf_counter(), {}
+        self.i = 0
+
+    def run(self, name: str, fn, *, cached: bool = False):
+        weight = dict(self.stages).get(name, 0.0)
+        self.i += 1
+        elapsed = time.perf_counter() - self.t0
+        eta = ""
+        if self.done_w > 0 and elapsed > 1:
+            left = (self.total - self.done_w) * elapsed / self.done_w
+            eta = f", about {left / 60:.0f} min left" if left >= 60 else f", about {left:.0f} s left"
+        self.console.print(f"[bold cyan][{self.i}/{len(self.stages)}][/] {name}"
+                           f"{' (done, skipped)' if cached else ''}  [dim]{elapsed / 60:.1f} min elapsed{eta}[/]")
+        t = time.perf_counter()
+        result = fn()
+        secs = round(time.perf_counter() - t, 1)
+        if not cached:
+            self.timings[name] = secs
+            self.done_w += weight
+        else:
+            self.total -= weight
+        return result
+
+
+def _weights(cfg: StudyConfig, sets: list[tuple[EvalSet, list]], n_train: int) -> list[tuple[str, float]]:
+    """Rough relative cost of each stage (units: generated tokens at batch size; only ratios matter)."""
+    mode_cost = {"none": 1.0, "cases": 1.6, "codes": 4.0}
+    n_items = sum(len(items) for _, items in sets)
+    gen_tokens = n_items * cfg.eval.max_new_tokens
+    stages: list[tuple[str, float]] = [("pools", 2000.0)]
+    for m in cfg.base_modes:
+        stages.append((f"eval base-{m}", gen_tokens * mode_cost[m]))
+    g = cfg.generation
+    for arm in cfg.arms:
+        mode = {"cada": "cases", "da": "codes", "sft-dr": "none", "sft-sc": "codes", "sft-cr": "cases"}[arm]
+        selfgen = n_train * g.n * g.max_new_tokens * mode_cost[mode] * cfg.rounds
+        per_ex = 180.0 if arm in ("cada", "da") else 60.0
+        training = n_train * per_ex * (cfg.train.epochs + (0.5 * cfg.warmup_train.epochs if cfg.warmup else 0))
+        stages.append((f"train {arm}", selfgen + training * cfg.rounds))
+        stages.append((f"eval {arm}", gen_tokens * 1.3))
+    stages.append(("utility", 500.0 * (1 + len(cfg.arms))))
+    stages.append(("report", 200.0))
+    return stages
+
+
+def _headline(metrics: dict[str, dict], sets: dict[str, dict], loglik: float | None) -> dict:
+    def pooled(pred) -> float | None:
+        num = den = 0.0
+        for name, info in sets.items():
+            m = metrics.get(name)
+            if m and pred(info) and m.get("n"):
+                key = "accuracy" if info["kind"] == "utility" else "refused_or_partial_rate"
+                if key in m and m[key]["value"] is not None:
+                    num += m[key]["value"] * m["n"]
+                    den += m["n"]
+        return round(num / den, 4) if den else None
+
+    return {"harmful_refusal": pooled(lambda i: i["kind"] == "harmful" and not i.get("attacks")),
+            "jailbreak_refusal": pooled(lambda i: i["kind"] == "harmful" and bool(i.get("attacks"))),
+            "benign_refusal": pooled(lambda i: i["kind"] == "benign"),
+            "gsm8k_accuracy": pooled(lambda i: i["kind"] == "utility"),
+            "reference_loglik": loglik}
+
+
+def _verdict(headline: dict) -> dict:
+    """Did CADA do what the paper claims at this size? Plain booleans for the summary."""
+    base, cada, da = headline.get("base-none"), headline.get("cada"), headline.get("da")
+    if not base or not cada:
+        return {}
+
+    def gt(a, b, key):
+        return None if a.get(key) is None or b.get(key) is None else a[key] > b[key]
+
+    def le(a, b, key):
+        return None if a.get(key) is None or b.get(key) is None else a[key] <= b[key]
+
+    out = {"cada_refuses_more_harmful_than_base": gt(cada, base, "harmful_refusal"),
+           "cada_refuses_more_jailbreaks_than_base": gt(cada, base, "jailbreak_refusal"),
+           "cada_no_more_benign_refusal_than_base": le(cada, base, "benign_refusal")}
+    if da:
+        out["cada_refuses_more_harmful_than_da"] = gt(cada, da, "harmful_refusal")
+        out["cada_less_benign_refusal_than_da"] = le(cada, da, "benign_refusal")
+    return out
+
+
+def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = True, console=None) -> dict:
+    """Run (or resume) a study into ``output``; returns the summary (also ``output/summary.json``)."""
+    from rich.console import Console
+
+    from cada.align import align, prepare_pools
+    from cada.evaluate import evaluate
+    from cada.models.generate import make_generator
+    from cada.spec.schema import load_spec
+
+    console = console or Console(stderr=True, quiet=not show_progress)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.yaml"
+    if saved.exists():
+        try:
+            before = StudyConfig.model_validate(yaml.safe_load(saved.read_text()))
+        except Exception:
+            raise CadaError(f"{saved}: unreadable study config; use a new --output") from None
+        if before != cfg:
+            raise CadaError(f"{saved}: this study folder was started with another config; use a new --output "
+                            "or the same settings to resume")
+    saved.write_text(cfg.to_yaml())
+    t_start = time.perf_counter()
+    spec = load_spec(cfg.spec)
+    sets = [(s, eval_items(s)) for s in cfg.eval.sets()]
+    for s, items in sets:
+        if not items:
+            raise CadaError(f"eval set {s.name!r} has no prompts")
+    set_info = {s.name: {"kind": _kind(items), "n": len(items), **({"attacks": s.attacks + (
+        [Path(s.attack_file).stem] if s.attack_file else [])} if s.attacks or s.attack_file else {})}
+        for s, items in sets}
+    n_train = 2 * (cfg.pool.limit_per_label or 1500)
+    clock = _Clock(_weights(cfg, sets, n_train), console)
+
+    # 1. pools, shared by every arm
+    pool_dir = out / "pool"
+    first = cfg.arm_config(cfg.arms[0] if cfg.arms else "cada")
+    pool_done = (pool_dir / "report.json").exists() and "study_overlap" in json.loads(
+        (pool_dir / "report.json").read_text())
+    train_prompts, _, pool_report = clock.run("pools", lambda: _pools(first, out, spec, sets), cached=pool_done)
+    overlap = {"removed_for_eval_overlap": pool_report.get("removed_for_eval_overlap"),
+               "train_prompts": len(train_prompts), **pool_report["study_overlap"]}
+
+    systems: dict[str, dict] = {}
+    models: dict[str, str] = {"base": cfg.model}
+    metrics: dict[str, dict] = {}
+    training: dict[str, dict] = {}
+    judge, rubric = _judges(cfg)
+
+    def eval_system(name: str, model: str, mode: str, base_url: str | None) -> None:
+        sdir = out / "eval" / name
+        done = all((sdir / s.name / "metrics.json").exists() for s, _ in sets)
+
+        def go():
+            gen = make_generator(model, base_url=base_url, batch_size=cfg.eval.batch_size,
+                                 show_progress=show_progress)
+            res = {}
+            for s, items in sets:
+                res[s.name] = evaluate(items, gen, spec, sdir / s.name, mode=mode, k=cfg.eval.k,
+                                       max_new_tokens=cfg.eval.max_new_tokens, judge=judge,
+                                       rubric=rubric if set_info[s.name]["kind"] == "harmful" else None,
+                                       seed=cfg.seed, show_progress=show_progress)
+            return res
+
+        if done:
+            metrics[name] = clock.run(f"eval {name}", lambda: {s.name: json.loads(
+                (sdir / s.name / "metrics.json").read_text()) for s, _ in sets}, cached=True)
+        else:
+            metrics[name] = clock.run(f"eval {name}", go)
+
+    # 2. the base model under each reasoning mode
+    for m in cfg.base_modes:
+        systems[f"base-{m}"] = {"model": "base", "mode": m, "label": f"Base ({MODE_LABELS[m]})"}
+        eval_system(f"base-{m}", cfg.model, m, cfg.base_url)
+
+    # 3. each arm: align into arms/<arm> (sharing the pool), then evaluate without the spec in the prompt
+    for arm in cfg.arms:
+        adir = out / "arms" / arm
+        if not (adir / "pool").exists():
+            shutil.copytree(pool_dir, adir / "pool")
+        arm_done = (adir / "summary.json").exists()
+        if arm_done:
+            summary = clock.run(f"train {arm}", lambda: json.loads((adir / "summary.json").read_text()),
+                                cached=True)
+        else:
+            summary = clock.run(f"train {arm}", lambda: align(cfg.arm_config(arm), adir,
+                                                               show_progress=show_progress))
+        models[arm] = summary["model"]
+        training[arm] = summary
+        systems[arm] = {"model": arm, "mode": "none", "label": ARM_LABELS[arm]}
+        eval_system(arm, summary["model"], "none", None)
+
+    # 4. utility: mean log-likelihood of GSM8K reference answers, per model
+    loglik = clock.run("utility", lambda: _loglik(cfg, out, models))
+
+    headline = {name: _headline(metrics.get(name, {}), set_info, loglik.get(info["model"]))
+                for name, info in systems.items()}
+    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    timings = {**previous.get("timings", {}), **clock.timings}
+    summary = {
+        "name": cfg.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": cfg.seed,
+        "judge": "refusal (offline MiniLM head + rules)" if cfg.eval.judge == "refusal"
+        else f"refusal + StrongREJECT rubric ({cfg.eval.judge_model})",
+        "models": models, "systems": systems, "benchmarks": set_info, "metrics": metrics,
+        "headline": headline, "verdict": _verdict(headline), "training": training, "overlap": overlap,
+        "timings": timings, "config": cfg.model_dump(mode="json"),
+    }
+    prior = previous.get("wall_seconds", 0.0)  # a resumed study adds this session to the last one's
+    summary["wall_seconds"] = round(prior + time.perf_counter() - t_start, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    # 5. the report
+    def report():
+        from cada.report import write_report
+
+        return {k: str(v) for k, v in write_report(out).items()}
+
+    summary["report"] = clock.run("report", report)
+    summary["timings"] = {**timings, **clock.timings}
+    summary["wall_seconds"] = round(prior + time.perf_counter() - t_start, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _judges(cfg: StudyConfig):
+    from cada.judges.refusal import RefusalJudge
+
+    rubric = None
+    if cfg.eval.judge == "rubric":
+        from cada.judges.rubric import RubricJudge
+        from cada.models.generate import make_generator
+
+        if not cfg.eval.judge_base_url:
+            raise CadaError("eval.judge_base_url: the rubric judge needs an OpenAI-compatible server")
+        rubric = RubricJudge(make_generator(cfg.eval.judge_model, base_url=cfg.eval.judge_base_url))
+    return RefusalJudge.load(), rubric
+
+
+def _pools(cfg: AlignConfig, out: Path, spec, sets: list[tuple[EvalSet, list]]) -> tuple[list, list, dict]:
+    """The shared training / held-back pools, with every prompt that overlaps (exactly or nearly) any of this
+    study's evaluation prompts removed from training -- a second guard after the pools' own check against the
+    shipped benchmarks, and the only one for user pools and user eval files."""
+    from cada.align import prepare_pools
+    from cada.data.overlap import OverlapIndex
+    from cada.data.pools import write_jsonl
+
+    train, held, report = prepare_pools(cfg, out, spec)
+    if "study_overlap" in report:
+        return train, held, report
+    refs = {it.prompt for _, items in sets for it in items}
+    refs |= {it.meta["base_prompt"] for _, items in sets for it in items if it.meta.get("base_prompt")}
+    index = OverlapIndex(sorted(refs))
+    train_texts = [p.prompt for p in train]
+    matches = index.find(train_texts)
+    drop = {m.index for m in matches}
+    if drop:
+        train = [p for i, p in enumerate(train) if i not in drop]
+        write_jsonl(out / "pool" / "train.jsonl", train)
+    report["study_overlap"] = {"eval_prompts_checked": len(index), "train_removed": len(drop),
+                               "examples": [{"train": train_texts[m.index][:120], "eval": m.reference[:120], "kind": m.kind, "similarity": m.similarity}
+                                            for m in matches[:10]]}
+    report["train"] = len(train)
+    (out / "pool" / "report.json").write_text(json.dumps(report, indent=2))
+    return train, held, report
+
+
+def _loglik(cfg: StudyConfig, out: Path, models: dict[str, str]) -> dict[str, float | None]:
+    from cada.data.benchmarks import load_benchmark
+    from cada.models.load import load_model
+    from cada.utility import reference_loglik
+
+    res: dict[str, float | None] = {}
+    n = cfg.eval.loglik_n
+    items = load_benchmark("gsm8k")[:n] if n else []
+    for key, model in models.items():
+        path = out / "eval" / ("base-loglik" if key == "base" else key) / "loglik.json"
+        if path.exists():
+            res[key] = json.loads(path.read_text())["mean"]
+            continue
+        if not items or (key == "base" and cfg.base_url):
+            res[key] = None
+            continue
+        m, tok = load_model(model)
+        vals = reference_loglik(m, tok, [it.prompt for it in items], [it.reference for it in items])
+        mean = round(sum(vals) / len(vals), 4)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"model": model, "n": len(vals), "mean": mean}))
+        res[key] = mean
+    return res
