@@ -18,7 +18,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     commands = _readme_commands()
     assert len(commands) == 2 and all("\n" not in c for c in commands)
     main, tests = commands
-    assert "cada " in main and "pytest" in tests
+    assert "cada demo" in main and "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert tests in ci.splitlines()
 
