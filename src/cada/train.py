@@ -58,14 +58,19 @@ def _report_to(value: str) -> str:
 def _common_args(cfg: TrainConfig, output: Path) -> dict:
     import torch
 
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return dict(output_dir=str(output / "trainer"), learning_rate=cfg.learning_rate,
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    args = dict(output_dir=str(output / "trainer"), learning_rate=cfg.learning_rate,
                 num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
                 gradient_accumulation_steps=cfg.grad_accum, seed=cfg.seed, logging_steps=cfg.logging_steps,
                 report_to=_report_to(cfg.report_to), save_strategy="epoch",
                 save_total_limit=1, warmup_steps=cfg.warmup_ratio,  # < 1: a ratio of all steps
                 lr_scheduler_type="cosine", bf16=bf16,
-                use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, **cfg.extra)
+                use_cpu=not cuda, dataloader_num_workers=0,
+                # checkpointing trades compute for GPU memory; on the CPU it only costs time
+                gradient_checkpointing=cuda)
+    args.update(cfg.extra)
+    return args
 
 
 def _peft(cfg: TrainConfig):
