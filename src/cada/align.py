@@ -36,6 +36,23 @@ ARMS = {  # arm -> (self-generation mode, training method, SFT set)
 class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "_Cfg":
+        from pydantic import ValidationError
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise CadaError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise CadaError(f"{path}:{mark.line + 1 if mark else 0}: malformed YAML") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise CadaError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
 
 class PoolConfig(_Cfg):
     user_pool: str | None = None          # CSV/JSONL with prompt,label[,category]; default: the shipped pools
@@ -79,23 +96,6 @@ class AlignConfig(_Cfg):
     generation: GenConfig = GenConfig()
     train: TrainCfg = TrainCfg()
     warmup_train: TrainCfg = TrainCfg(epochs=1.0)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "AlignConfig":
-        from pydantic import ValidationError
-
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise CadaError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise CadaError(f"{path}:{mark.line + 1 if mark else 0}: malformed YAML") from None
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise CadaError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -111,23 +111,6 @@ class StudyConfig(_Cfg):
     warmup_train: TrainCfg = TrainCfg(epochs=1.0)
     eval: EvalCfg = EvalCfg()
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "StudyConfig":
-        from pydantic import ValidationError
-
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise CadaError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise CadaError(f"{path}:{mark.line + 1 if mark else 0}: malformed YAML") from None
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise CadaError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=False), sort_keys=False)
 
