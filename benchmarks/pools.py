@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pools.json"))
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from cada.data.overlap import fingerprint
     from cada.data.pools import build_pools
 
     env = dict(os.environ)
@@ -83,7 +84,9 @@ def main() -> None:
     examples: dict[str, list] = {}
     for r in pools.removed:
         if r["source"] != "jailbreak_template" and len(examples.setdefault(r["eval_set"], [])) < 3:
-            examples[r["eval_set"]].append({k: r[k] for k in ("prompt", "matched", "kind", "similarity")})
+            # evaluation prompts (and pool prompts that duplicate them) stay out of the repository: fingerprints
+            examples[r["eval_set"]].append({"prompt": fingerprint(r["prompt"]), "matched": fingerprint(r["matched"]),
+                                            "kind": r["kind"], "similarity": r["similarity"]})
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
                    f"Python {platform.python_version()}",

@@ -104,6 +104,7 @@ class AlignConfig(_Cfg):
 def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
     """Train and held-back prompts (written once to ``run/pool``, reused on resume)."""
     from cada.data import pools as P
+    from cada.data.overlap import fingerprint
 
     pool_dir = run / "pool"
     train_path, held_path, report_path = pool_dir / "train.jsonl", pool_dir / "heldout.jsonl", pool_dir / "report.json"
@@ -115,7 +116,7 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
         pools = P.build_pools(jailbreak_share=cfg.pool.jailbreak_share, seed=cfg.seed, spec=spec)
         prompts = pools.prompts
         report = {"counts": pools.counts, "removed_for_eval_overlap": len(pools.removed),
-                  "removed": pools.removed[:50]}
+                  "removed": [{**r, "matched": fingerprint(r["matched"])} for r in pools.removed[:50]]}
     train, held = P.split_heldout(prompts, n_heldout_per_label=cfg.pool.heldout_per_label, seed=cfg.seed)
     if cfg.pool.limit_per_label:
         train = _balanced(train, cfg.pool.limit_per_label, cfg.seed)

@@ -395,7 +395,7 @@ def _pools(cfg: AlignConfig, out: Path, spec, sets: list[tuple[EvalSet, list]]) 
     study's evaluation prompts removed from training -- a second guard after the pools' own check against the
     shipped benchmarks, and the only one for user pools and user eval files."""
     from cada.align import prepare_pools
-    from cada.data.overlap import OverlapIndex
+    from cada.data.overlap import OverlapIndex, fingerprint
     from cada.data.pools import write_jsonl
 
     train, held, report = prepare_pools(cfg, out, spec)
@@ -411,7 +411,7 @@ def _pools(cfg: AlignConfig, out: Path, spec, sets: list[tuple[EvalSet, list]]) 
         train = [p for i, p in enumerate(train) if i not in drop]
         write_jsonl(out / "pool" / "train.jsonl", train)
     report["study_overlap"] = {"eval_prompts_checked": len(index), "train_removed": len(drop),
-                               "examples": [{"train": train_texts[m.index][:120], "eval": m.reference[:120], "kind": m.kind, "similarity": m.similarity}
+                               "examples": [{"train": train_texts[m.index][:120], "eval": fingerprint(m.reference), "kind": m.kind, "similarity": m.similarity}
                                             for m in matches[:10]]}
     report["train"] = len(train)
     (out / "pool" / "report.json").write_text(json.dumps(report, indent=2))

@@ -33,6 +33,17 @@ def _jaccard(a: frozenset, b: frozenset) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
 
+def fingerprint(text: str) -> str:
+    """A short, stable stand-in for an evaluation prompt in reports (the prompt itself stays in its benchmark).
+
+    >>> fingerprint("any prompt")[:7]
+    'sha256:'
+    """
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class Match:
     index: int          # position in the checked texts
