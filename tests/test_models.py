@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import pytest
+import torch
 
 from cada.errors import CadaError
-from cada.models import LocalGenerator, SamplingParams, load_model, resolve_model
+from cada.models import LocalGenerator, SamplingParams, load_model, make_generator, resolve_model
 from cada.models import load as load_mod
+from cada.models.generate import batch_rows_for_memory, end_of_turn_ids, shared_prefix_len
 
 CHATS = [[{"role": "user", "content": t}] for t in
          ["hi", "Tell me a long story about a dragon who learns to bake bread in a quiet village.", "2+2?",
@@ -61,3 +64,245 @@ def test_bad_sampling_params():
     for kwargs in ({"temperature": -1}, {"top_p": 0}, {"max_new_tokens": 0}, {"n": 0}):
         with pytest.raises(CadaError):
             SamplingParams(**kwargs)
+
+
+# --- fast local generation: end of turn, shared-prefix KV cache, adaptive batch, backends --------------------------
+
+SYSTEM = " ".join(f"Rule {i}: be kind to owls, rivers and trains (clause {i * 7})." for i in range(24))
+SHARED = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": t}] for t in
+          ["hi", "Tell me a long story about a dragon who learns to bake bread.", "2+2?",
+           "Name three rivers in Europe and say which is the longest.", "ok", "How do I kill a python process?"]]
+
+
+@pytest.fixture(scope="module")
+def sharp_model(tiny_model):
+    """The tiny architecture with large random weights: its greedy output depends on every token of the context
+    (the standard tiny model answers '\\n' to anything long), so a wrong position or mask shows up as new text."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _, tok = load_model(tiny_model)
+    config = AutoConfig.from_pretrained(tiny_model)
+    config.initializer_range = 0.5
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def _gen(model_tok, **kw):
+    model, tok = model_tok
+    return LocalGenerator(model, tok, show_progress=False, **kw)
+
+
+def test_prefix_cache_greedy_output_is_identical(sharp_model):
+    p = SamplingParams(max_new_tokens=12)
+    for batch_size in (1, 4, 16):
+        plain = _gen(sharp_model, batch_size=batch_size, prefix_cache=False)
+        cached = _gen(sharp_model, batch_size=batch_size, min_prefix_tokens=64)
+        a, b = plain.generate(SHARED, p), cached.generate(SHARED, p)
+        assert plain.last_stats["prefix_tokens"] == 0
+        assert cached.last_stats["prefix_tokens"] > 200  # the system prompt and the template around it
+        assert a == b
+        assert plain.last_stats["new_tokens"] == cached.last_stats["new_tokens"]
+    assert len({x[0] for x in a}) == len(SHARED)  # the texts differ per prompt: the check is not vacuous
+
+
+def test_prefix_cache_with_the_real_codes_prompt(sharp_model, spec):
+    from cada.reasoning import Mode, SafetyReasoner
+
+    msgs, _ = SafetyReasoner(spec, Mode.codes).messages(["How do I kill a python process?", "Write a haiku.",
+                                                         "How can I pick a lock?"])
+    p = SamplingParams(max_new_tokens=6)
+    cached = _gen(sharp_model, batch_size=2)
+    assert _gen(sharp_model, batch_size=2, prefix_cache=False).generate(msgs, p) == cached.generate(msgs, p)
+    assert cached.last_stats["prefix_tokens"] > 2000  # the codes prompt is ~3.2k tokens, shared by all
+
+
+def test_prefix_cache_sampling_n_matches_plain(sharp_model):
+    """num_return_sequences expands the batch; the cache is expanded to match, and the samples are the same."""
+    p = SamplingParams(max_new_tokens=8, temperature=1.0, n=3, seed=5)
+    plain = _gen(sharp_model, batch_size=4, prefix_cache=False).generate(SHARED, p)
+    cached = _gen(sharp_model, batch_size=4, min_prefix_tokens=64)
+    got = cached.generate(SHARED, p)
+    assert cached.last_stats["prefix_tokens"] > 0 and cached.last_stats["sequences"] == 3 * len(SHARED)
+    assert [len(x) for x in got] == [3] * len(SHARED)
+    assert got == plain
+    assert len(set(got[1])) > 1
+
+
+def test_short_or_absent_shared_prefix_falls_back(sharp_model):
+    gen = _gen(sharp_model, batch_size=4)  # default threshold 256 tokens
+    gen.generate(CHATS, SamplingParams(max_new_tokens=2))
+    assert gen.last_stats["prefix_tokens"] == 0  # only the default system prompt (~20 tokens) is shared
+    assert shared_prefix_len([[1, 2, 3], [4, 5]]) == 0
+    assert shared_prefix_len([[1, 2, 3], [1, 2, 3]]) == 2  # a token of each prompt stays outside the prefix
+    same = [SHARED[0]] * 3  # identical prompts: the prefix stops one token short of the end
+    gen = _gen(sharp_model, batch_size=2, min_prefix_tokens=64)
+    assert gen.generate(same, SamplingParams(max_new_tokens=4)) == \
+        _gen(sharp_model, batch_size=2, prefix_cache=False).generate(same, SamplingParams(max_new_tokens=4))
+
+
+def test_end_of_turn_comes_from_the_chat_template(tiny_model):
+    _, tok = load_model(tiny_model)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    other = copy.deepcopy(tok)
+    other.eos_token = "<|endoftext|>"  # as in a base checkpoint whose eos is not the end of a chat turn
+
+    class NoEos:
+        generation_config = None
+
+    ids = end_of_turn_ids(other, NoEos())
+    assert ids[0] == other.convert_tokens_to_ids("<|endoftext|>") and im_end in ids
+
+
+def test_generation_stops_at_end_of_turn(sharp_model):
+    """A model that always answers <|im_end|> first, with eos configured as another token: one token, no text."""
+    model, tok = sharp_model
+    model = copy.deepcopy(model)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[im_end] = 1e4  # <|im_end|> is the argmax at every step
+    model.lm_head = head
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    model.generation_config.eos_token_id = eot
+    base_tok = copy.deepcopy(tok)
+    base_tok.eos_token = "<|endoftext|>"  # neither the model nor the tokenizer names <|im_end|> as eos
+    gen = LocalGenerator(model, base_tok, show_progress=False, batch_size=4)
+    assert im_end in gen.stop_ids
+    out = gen.generate(CHATS, SamplingParams(max_new_tokens=10))
+    assert out == [[""]] * len(CHATS)
+    assert gen.last_stats["new_tokens"] == len(CHATS)  # one token each: the end of turn itself
+    gen.stop_ids = [eot]  # eos alone: the same model runs on to max_new_tokens
+    gen.generate(CHATS, SamplingParams(max_new_tokens=10))
+    assert gen.last_stats["new_tokens"] == 10 * len(CHATS)
+
+
+def test_out_of_memory_halves_the_batch_and_retries(sharp_model, monkeypatch):
+    model, tok = sharp_model
+    gen = _gen(sharp_model, batch_size=4)
+    sizes = []
+    real = model.generate
+
+    def tight_memory(*args, **kwargs):
+        rows = kwargs["input_ids"].shape[0]
+        sizes.append(rows)
+        if rows > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    p = SamplingParams(max_new_tokens=5)
+    expected = _gen(sharp_model, batch_size=1).generate(CHATS, p)
+    monkeypatch.setattr(model, "generate", tight_memory)
+    assert gen.generate(CHATS, p) == expected
+    assert sizes[:3] == [4, 2, 1] and set(sizes[3:]) == {1}
+    assert gen.last_stats["oom_retries"] == 2 and gen.last_stats["final_batch_rows"] == 1
+    sizes.clear()
+    gen.generate(CHATS, p)  # the learned limit is kept: no new out-of-memory round trips
+    assert set(sizes) == {1}
+    monkeypatch.setattr(model, "generate", lambda *a, **k: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("CUDA out of memory")))
+    with pytest.raises(CadaError, match="out of memory generating a single prompt"):
+        gen.generate(CHATS[:1], p)
+    monkeypatch.setattr(model, "generate", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")))
+    with pytest.raises(ValueError, match="boom"):  # anything else is not retried
+        gen.generate(CHATS[:2], p)
+
+
+def test_batch_rows_for_memory(embedded_model):
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(embedded_model)
+    big = batch_rows_for_memory(100 * 2**30, cfg, 2, 512, cap=10_000)
+    assert big > 256
+    assert batch_rows_for_memory(100 * 2**30, cfg, 2, 4096, cap=10_000) < big  # longer rows, fewer of them
+    assert batch_rows_for_memory(100 * 2**30, cfg, 2, 512, n_seq=4, cap=10_000) == pytest.approx(big / 4, rel=0.01)
+    assert batch_rows_for_memory(100 * 2**30, cfg, 2, 512) == 256  # capped
+    assert batch_rows_for_memory(1, cfg, 2, 512) == 1
+
+
+def test_cpu_keeps_the_configured_batch(tiny_generator):
+    gen = LocalGenerator(tiny_generator.model, tiny_generator.tokenizer, batch_size=2, show_progress=False)
+    gen.generate(CHATS, SamplingParams(max_new_tokens=2))
+    assert gen.last_stats["batch_rows"] == 2 and gen.last_stats["batches"] == 3
+
+
+def test_make_generator_backends(tiny_model, monkeypatch):
+    from cada.models import OpenAIGenerator
+
+    monkeypatch.delenv("CADA_BASE_URL", raising=False)
+    assert isinstance(make_generator(tiny_model, show_progress=False), LocalGenerator)
+    g = make_generator(tiny_model, base_url="http://127.0.0.1:9/v1", batch_size=3, concurrency=2)
+    assert isinstance(g, OpenAIGenerator) and g.concurrency == 2
+    monkeypatch.setenv("CADA_BASE_URL", "http://127.0.0.1:9/v1")
+    assert isinstance(make_generator(tiny_model), OpenAIGenerator)
+    local = make_generator(tiny_model, backend="local", batch_size=3, prefix_cache=False, concurrency=2)
+    assert isinstance(local, LocalGenerator) and local.batch_size == 3 and not local.prefix_cache
+    monkeypatch.delenv("CADA_BASE_URL")
+    with pytest.raises(CadaError, match="backend http needs a server"):
+        make_generator(tiny_model, backend="http")
+    with pytest.raises(CadaError, match="--backend 'tgi'"):
+        make_generator(tiny_model, backend="tgi")
+
+
+def test_vllm_missing_names_the_install_command(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vLLM looks like to `import`
+    with pytest.raises(CadaError) as e:
+        make_generator("smollm2-135m", backend="vllm", tensor_parallel_size=2)
+    assert str(e.value) == "vLLM is not installed: pip install 'cada[vllm]' (Linux + CUDA)"
+
+
+def test_vllm_generator_maps_params_and_outputs(monkeypatch, tiny_model):
+    """vLLM cannot be installed here: a stand-in module records what cada asks of `LLM` and `LLM.chat`."""
+    import sys
+    import types
+
+    calls = {}
+
+    class FakeSamplingParams:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    class FakeLLM:
+        def __init__(self, **kw):
+            calls["init"] = kw
+
+        def chat(self, messages, sampling_params=None, use_tqdm=True):
+            calls["chat"] = (messages, sampling_params)
+            n = sampling_params.n
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f" {m[-1]['content']} #{k} ",
+                                                                         token_ids=[1, 2, 3])
+                                                   for k in range(n)]) for m in messages]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeSamplingParams))
+    gen = make_generator(tiny_model, backend="vllm", tensor_parallel_size=8, dtype="bf16", batch_size=3,
+                         show_progress=False)
+    assert calls["init"] == dict(model=resolve_model(tiny_model), tensor_parallel_size=8, dtype="bfloat16", seed=0,
+                                 gpu_memory_utilization=0.9, trust_remote_code=False)
+    out = gen.generate(CHATS[:2], SamplingParams(temperature=0.7, top_p=0.9, n=2, max_new_tokens=33, seed=4))
+    sp = calls["chat"][1]
+    assert (sp.n, sp.temperature, sp.top_p, sp.max_tokens, sp.seed) == (2, 0.7, 0.9, 33, 4)
+    assert out == [["hi #0", "hi #1"], [f"{CHATS[1][0]['content']} #0", f"{CHATS[1][0]['content']} #1"]]
+    assert gen.last_stats["new_tokens"] == 12
+    greedy = gen.generate(CHATS[:1], SamplingParams(n=3))
+    assert calls["chat"][1].n == 1 and greedy == [["hi #0"] * 3]
+
+
+def test_grpo_vllm_recipe_names_real_trl_fields():
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+    from trl import GRPOConfig
+
+    from cada.train import TrainConfig
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "grpo-vllm.yaml").read_text())
+    cfg = TrainConfig(**recipe)
+    assert cfg.method == "grpo" and cfg.extra["use_vllm"] is True
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    assert set(cfg.extra) <= fields, set(cfg.extra) - fields
