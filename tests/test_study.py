@@ -168,6 +168,8 @@ def test_eval_cli_on_a_user_file_with_attacks(tmp_path, tiny_model):
     (["--benchmark", "gsm8k", "--suite", "demo"], "exactly one of"),
     (["--suite", "nope"], "--suite 'nope'"),
     (["--benchmark", "advbench", "--judge", "rubric"], "needs --judge-base-url"),
+    (["--benchmark", "gsm8k", "--backend", "vllm"], "vLLM is not installed"),
+    (["--benchmark", "gsm8k", "--backend", "nope"], "--backend 'nope'"),
 ])
 def test_eval_cli_bad_input_is_one_line(tmp_path, args, message):
     r = _cada("eval", *args, "--output", str(tmp_path / "o"), cwd=tmp_path)

@@ -41,6 +41,10 @@ BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", envvar="CADA_BA
                                                    "there instead of a local model.")]
 ApiKeyOpt = Annotated[Optional[str], typer.Option("--api-key", envvar="CADA_API_KEY", show_default=False,
                                                   help="API key for --base-url (better: set CADA_API_KEY).")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="auto (HTTP with --base-url, else local) | local | http "
+                                         "| vllm (offline engine; pip install 'cada[vllm]').")]
+TPOpt = Annotated[int, typer.Option("--tensor-parallel-size", help="GPUs for --backend vllm.")]
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", help="Requests in flight over HTTP.")]
 
 
 def _version(value: bool) -> None:
@@ -285,6 +289,9 @@ def generate_cmd(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
+    backend: BackendOpt = "auto",
+    tensor_parallel_size: TPOpt = 1,
+    concurrency: ConcurrencyOpt = 8,
 ) -> None:
     """Self-generate N judged safety-reasoning chains per prompt (resumable JSONL records)."""
     from cada.models.generate import make_generator
@@ -293,7 +300,8 @@ def generate_cmd(
 
     s = load_spec(spec)
     prompts = _pool_prompts(pool, limit, seed)
-    gen = make_generator(model, base_url=base_url, api_key=api_key)
+    gen = make_generator(model, base_url=base_url, api_key=api_key, backend=backend,
+                         tensor_parallel_size=tensor_parallel_size, concurrency=concurrency)
     records = self_generate(prompts, gen, s, output, SelfGenConfig(mode=mode, n=n, k=k, temperature=temperature,
                                                                    max_new_tokens=max_new_tokens, seed=seed))
     out.print_json(data={"records": len(records), "output": str(output), **summarize(records)})
@@ -451,6 +459,9 @@ def eval_cmd(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
+    backend: BackendOpt = "auto",
+    tensor_parallel_size: TPOpt = 1,
+    concurrency: ConcurrencyOpt = 8,
 ) -> None:
     """Evaluate a model on a benchmark, your own file, or a named suite; rates with 95% bootstrap intervals."""
     from cada.evaluate import evaluate
@@ -498,7 +509,8 @@ def eval_cmd(
         if not items:
             raise CadaError(f"{s.name}: no prompts to evaluate")
     s = load_spec()
-    gen = make_generator(model, base_url=base_url, api_key=api_key, batch_size=batch_size)
+    gen = make_generator(model, base_url=base_url, api_key=api_key, batch_size=batch_size, backend=backend,
+                         tensor_parallel_size=tensor_parallel_size, concurrency=concurrency)
     j = RefusalJudge.load()
     results = {}
     for es, items in loaded:
