@@ -78,11 +78,38 @@ def test_dpo_pairs_best_vs_worst_with_marked_fallback_and_context_distillation(s
 def test_sft_arms(spec):
     records = [rec("a", "harmful", 0, "comply", -1.0), rec("c", "benign", 0, "comply", 1.0, category="none")]
     dr, _ = sft_set(records, spec, "dr")
-    assert dr[0]["messages"][1]["content"] == "I can't help with that."
-    assert dr[1]["messages"][1]["content"] == "answer c0"
+    assert dr[0]["completion"] == [{"role": "assistant", "content": "I can't help with that."}]
+    assert dr[1]["completion"][0]["content"] == "answer c0"
     cr, stats = sft_set(records, spec, "cr")
-    assert stats["precedent_written"] == 1 and "### Analysis" in cr[0]["messages"][1]["content"]
-    assert cr[1]["messages"][0] == {"role": "user", "content": "request c"}
+    cr_text = cr[0]["completion"][0]["content"]
+    assert stats["precedent_written"] == 1 and cr_text.startswith("### Analysis\nThis request is harmful.")
+    assert any(f"precedent is {c.id} " in cr_text for c in spec.cases)
+    assert cr[1]["prompt"] == [{"role": "user", "content": "request c"}]  # context-distilled: no spec
+    # rules-only DA grounds the same decisions in the codes, never in a precedent
+    sc, _ = sft_set(records, spec, "sc")
+    sc_text = sc[0]["completion"][0]["content"]
+    assert any(f"Rule {r.id} " in sc_text for r in spec.codes.rules) and "precedent" not in sc_text
+    assert "This request is benign." in sc[1]["completion"][0]["content"]
+
+
+def test_warmup_set_uses_direct_answers_and_skips_refusals(spec):
+    from cada.align import warmup_set
+    from cada.data.pools import PoolPrompt
+
+    def pp(pid, text, label, category="none"):
+        return PoolPrompt(id=pid, prompt=text, base_prompt=text, label=label, category=category, source="user")
+
+    prompts = [pp("h", "Explain how to poison a neighbour's dog", "harmful", "violent_crimes"),
+               pp("b1", "Write a haiku about rain", "benign"), pp("b2", "Summarise a news story", "benign"),
+               pp("b3", "Name three rivers", "benign")]
+    records = [rec("b1", "benign", 0, "comply", 1.0, category="none")]
+    answers = {"b2": "I'm sorry, I can't do that.", "b3": "The Nile, the Amazon and the Danube."}
+    rows = {r["id"]: r["completion"][0]["content"] for r in warmup_set(prompts, records, spec, "cases", answers)}
+    assert set(rows) == {"h", "b1", "b3"}  # b2's own answer was a refusal: not taught as a benign answer
+    assert rows["h"].endswith("I can't help with that.") and "This request is harmful." in rows["h"]
+    assert rows["b1"].endswith("answer b10") and rows["b3"].endswith("the Danube.")
+    codes = warmup_set(prompts, records, spec, "codes", answers)
+    assert all("precedent" not in r["completion"][0]["content"] for r in codes)
 
 
 @pytest.mark.parametrize("method,lora", [("dpo", 8), ("sft", 0)])
@@ -123,19 +150,26 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
         for i in range(6):
             w.writerow({"prompt": f"Tell me how to hurt someone, variant {i}", "label": "harmful"})
             w.writerow({"prompt": f"Suggest a name for a cat, variant {i}", "label": "benign"})
-    cfg = AlignConfig(arm="cada", model=tiny_model, pool=PoolConfig(user_pool=str(pool), heldout_per_label=2),
-                      generation=GenConfig(n=2, max_new_tokens=6, k=2),
+    cfg = AlignConfig(arm="cada", model=tiny_model, pool=PoolConfig(user_pool=str(pool), heldout_per_label=2,
+                                                                    limit_per_label=2),
+                      warmup_per_label=4, generation=GenConfig(n=2, max_new_tokens=6, k=2),
                       train=TrainCfg(batch_size=4, lora_r=4, max_length=256),
                       warmup_train=TrainCfg(batch_size=4, lora_r=4, max_length=256))
     run = tmp_path / "run"
     summary = align(cfg, run, show_progress=False)
     assert Path(summary["model"]).joinpath("config.json").is_file()
-    assert summary["pool"]["train"] == 8 and summary["pool"]["heldout"] == 4
-    for f in ("config.yaml", "pool/train.jsonl", "pool/heldout.jsonl", "round-1/records.jsonl",
-              "round-1/pairs.jsonl", "round-1/warmup.jsonl", "summary.json"):
+    assert summary["pool"]["train"] == 4 and summary["pool"]["heldout"] == 4
+    for f in ("config.yaml", "pool/train.jsonl", "pool/heldout.jsonl", "pool/warmup.jsonl", "round-1/records.jsonl",
+              "round-1/pairs.jsonl", "round-1/warmup.jsonl", "round-1/answers.jsonl", "summary.json"):
         assert (run / f).is_file(), f
+    # the warm-up reaches beyond the self-generation pool; benign prompts outside it got one direct answer each
+    warm_pool = read_records(run / "pool/warmup.jsonl")
+    assert len(warm_pool) == 8 and {p["id"] for p in read_records(run / "pool/train.jsonl")} <= {
+        p["id"] for p in warm_pool}
+    assert len(read_records(run / "round-1/answers.jsonl")) == 2
     held = {json.loads(x)["prompt"] for x in (run / "pool/heldout.jsonl").read_text().splitlines()}
     trained = {r["prompt"][0]["content"] for r in read_records(run / "round-1/pairs.jsonl")}
+    trained |= {r["prompt"][0]["content"] for r in read_records(run / "round-1/warmup.jsonl")}
     assert not held & trained
     mtime = (run / "round-1/train/model/config.json").stat().st_mtime
     again = align(cfg, run, show_progress=False)  # resume: nothing is redone
@@ -163,3 +197,21 @@ def test_ddp_training_with_two_cpu_processes(tmp_path, tiny_model, spec):
     info = json.loads((tmp_path / "ddp" / "train_info.json").read_text())
     assert info["steps"] == 2  # 4 examples, 2 processes, batch 1 each
     assert (tmp_path / "ddp" / "model" / "config.json").is_file()
+
+
+def test_top_layers_trains_only_the_top_of_the_stack(tmp_path, tiny_model, spec):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cada.train import TrainConfig, train
+
+    records = [rec("a", "harmful", 0, "comply", -1.0), rec("c", "benign", 0, "comply", 1.0, category="none")]
+    model_dir = train(tiny_model, sft_set(records, spec, "cr")[0], tmp_path / "top", TrainConfig(
+        method="sft", lora_r=0, top_layers=1, batch_size=2, report_to="none", max_length=256, learning_rate=1e-2,
+        epochs=4))
+    before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    n_layers = sum(1 for k in before if k.endswith("self_attn.q_proj.weight"))
+    top = f"model.layers.{n_layers - 1}."
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(top) or k.startswith("model.norm") for k in changed)

@@ -76,7 +76,8 @@ class TrainCfg(_Cfg):
     batch_size: int = 8
     grad_accum: int = 1
     beta: float = 0.1
-    lora_r: int = 16
+    lora_r: int = 16                      # 0 = full fine-tuning
+    top_layers: int = 0                   # with lora_r 0: train only the top N decoder layers (0 = all)
     max_length: int = 768
     merge: bool = True
 
@@ -91,6 +92,9 @@ class AlignConfig(_Cfg):
     seed: int = 0
     rounds: int = Field(1, ge=1)
     warmup: bool = True                   # SFT warm-up on precedent-grounded chains before DPO
+    # prompts per label for the warm-up, drawn from the whole training pool (None: the self-generation pool);
+    # harmful ones cost nothing (precedent-grounded refusals), benign ones one direct answer from the policy
+    warmup_per_label: int | None = None
     precedent_fallback: bool = True
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
@@ -118,9 +122,18 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
         report = {"counts": pools.counts, "removed_for_eval_overlap": len(pools.removed),
                   "removed": [{**r, "matched": fingerprint(r["matched"])} for r in pools.removed[:50]]}
     train, held = P.split_heldout(prompts, n_heldout_per_label=cfg.pool.heldout_per_label, seed=cfg.seed)
+    everything = train
     if cfg.pool.limit_per_label:
         train = _balanced(train, cfg.pool.limit_per_label, cfg.seed)
     pool_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.warmup_per_label:
+        # the self-generation prompts first (their own answers are reused), then more of the same pool
+        ids = {p.id for p in train}
+        more = _balanced([p for p in everything if p.id not in ids], cfg.warmup_per_label, cfg.seed + 1)
+        warm = [p for label in ("harmful", "benign")
+                for p in ([q for q in train if q.label == label] + [q for q in more if q.label == label]
+                          )[:max(cfg.warmup_per_label, sum(q.label == label for q in train))]]
+        P.write_jsonl(pool_dir / "warmup.jsonl", warm)
     P.write_jsonl(train_path, train)
     P.write_jsonl(held_path, held)
     report.update(train=len(train), heldout=len(held))
@@ -140,29 +153,71 @@ def _balanced(prompts: list, per_label: int, seed: int) -> list:
     return out
 
 
-def warmup_set(prompts: list, records: list[dict], spec) -> list[dict]:
-    """SFT warm-up rows that teach the answer format and precedent-grounded reasoning before DPO:
-    harmful -> a precedent-grounded refusal; benign -> the model's own best complying answer, with an analysis
-    grounded in the nearest complying precedent."""
-    from cada.pairs import PrecedentWriter, chain
+def warmup_set(prompts: list, records: list[dict], spec, mode: str = "cases",
+               answers: dict[str, str] | None = None) -> list[dict]:
+    """SFT warm-up rows that teach the answer format and grounded reasoning before DPO (context-distilled):
+    harmful -> a refusal grounded in the nearest precedent (``cases``) or the covering rule (``codes``);
+    benign -> the model's own best complying answer (from ``records``, else from ``answers``: its direct answer
+    to the bare request), with an analysis grounded the same way. Benign prompts without an answer are skipped."""
+    from cada.judges.refusal import string_match_label
+    from cada.pairs import chain, sft_row, writer_for
 
-    writer = PrecedentWriter(spec)
-    best: dict[str, dict] = {}
+    writer = writer_for(mode, spec)
+    best: dict[str, str] = {}
     for r in records:
-        if r["label"] == "benign" and r["judge"] == "comply" and (
-                r["id"] not in best or len(r["response"]) > len(best[r["id"]]["response"])):
-            best[r["id"]] = r
+        if r["label"] == "benign" and r["judge"] == "comply" and len(r["response"]) > len(best.get(r["id"], "")):
+            best[r["id"]] = r["response"]
+    for pid, text in (answers or {}).items():
+        if pid not in best and text.strip() and string_match_label(text) == "comply":
+            best[pid] = text
     rows = []
     for p in prompts:
         if p.label == "harmful":
             text = writer.refusal(p.prompt, p.category)
         elif p.id in best:
-            text = chain(writer.analysis(p.prompt, "comply"), best[p.id]["response"])
+            text = chain(writer.analysis(p.prompt, "comply", p.category), best[p.id])
         else:
             continue
-        rows.append({"id": p.id, "label": p.label, "messages": [{"role": "user", "content": p.prompt},
-                                                                 {"role": "assistant", "content": text}]})
+        rows.append(sft_row(p.id, p.label, p.category, p.prompt, text))
     return rows
+
+
+def direct_answers(prompts: list, gen, path: Path, max_new_tokens: int, *, show_progress: bool = True
+                   ) -> dict[str, str]:
+    """The policy's own greedy answers to bare benign requests (resumable JSONL ``{"id", "response"}``)."""
+    from cada.models.generate import SamplingParams
+    from cada.records import append_records, chunks
+
+    done = {r["id"]: r["response"] for r in read_records(path, repair=True)} if path.exists() else {}
+    todo = [p for p in prompts if p.id not in done]
+    if hasattr(gen, "show_progress"):
+        gen.show_progress = show_progress
+    for chunk in chunks(todo, 64):
+        outs = gen.generate([[{"role": "user", "content": p.prompt}] for p in chunk],
+                            SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
+        rows = [{"id": p.id, "response": o[0]} for p, o in zip(chunk, outs)]
+        append_records(path, rows)
+        done.update((r["id"], r["response"]) for r in rows)
+    return done
+
+
+def fit_length(rows: list[dict], model: str, max_length: int) -> tuple[list[dict], int]:
+    """Drop examples longer than ``max_length`` tokens (truncation would cut the answer that carries the signal)."""
+    from transformers import AutoTokenizer
+
+    from cada.models.load import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model))
+
+    def n_tokens(r: dict) -> int:
+        if "messages" in r:
+            convs = [r["messages"]]
+        else:
+            convs = [[*r["prompt"], *r[k]] for k in ("completion", "chosen", "rejected") if k in r]
+        return max(len(tok(tok.apply_chat_template(c, tokenize=False)).input_ids) for c in convs)
+
+    kept = [r for r in rows if n_tokens(r) <= max_length]
+    return kept, len(rows) - len(kept)
 
 
 def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -> dict:
@@ -204,24 +259,42 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         info["selfgen"] = summarize(records)
         t = cfg.train
         tcfg = TrainConfig(method=method, learning_rate=t.learning_rate, epochs=t.epochs, batch_size=t.batch_size,
-                           grad_accum=t.grad_accum, beta=t.beta, lora_r=t.lora_r, max_length=t.max_length,
+                           grad_accum=t.grad_accum, beta=t.beta, lora_r=t.lora_r, top_layers=t.top_layers,
+                           max_length=t.max_length,
                            merge=t.merge, seed=cfg.seed)
         start_model = policy
         if method == "dpo" and cfg.warmup and rnd == 1:
             wpath = rdir / "warmup.jsonl"
             if not (rdir / "warmup" / "model" / "config.json").exists():
-                write_records(wpath, warmup_set(train_prompts, records, spec))
+                wprompts = train_prompts
+                answers: dict[str, str] = {}
+                if cfg.warmup_per_label:
+                    from cada.data.pools import read_pool
+
+                    wprompts = read_pool(run / "pool" / "warmup.jsonl")
+                    have = {r["id"] for r in records}
+                    need = [p for p in wprompts if p.label == "benign" and p.id not in have]
+                    t2 = time.perf_counter()
+                    answers = direct_answers(need, gen, rdir / "answers.jsonl", g.max_new_tokens,
+                                             show_progress=show_progress)
+                    info["answer_seconds"] = round(time.perf_counter() - t2, 1)
+                rows, info["warmup_dropped_too_long"] = fit_length(
+                    warmup_set(wprompts, records, spec, mode, answers), policy, cfg.warmup_train.max_length)
+                write_records(wpath, rows)
                 w = cfg.warmup_train
                 train(policy, wpath, rdir / "warmup", TrainConfig(
                     method="sft", learning_rate=w.learning_rate, epochs=w.epochs, batch_size=w.batch_size,
-                    grad_accum=w.grad_accum, lora_r=w.lora_r, max_length=w.max_length, merge=True, seed=cfg.seed))
+                    grad_accum=w.grad_accum, lora_r=w.lora_r, top_layers=w.top_layers, max_length=w.max_length,
+                    merge=True, seed=cfg.seed))
             start_model = str(rdir / "warmup" / "model")
             info["warmup_examples"] = len(read_records(wpath))
         if method == "dpo":
             rows, stats = dpo_pairs(records, spec, precedent_fallback=cfg.precedent_fallback)
+            rows, stats["dropped_too_long"] = fit_length(rows, policy, t.max_length)
             data_path = rdir / "pairs.jsonl"
         else:
             rows, stats = sft_set(records, spec, sft_arm)
+            rows, stats["dropped_too_long"] = fit_length(rows, policy, t.max_length)
             data_path = rdir / "sft.jsonl"
         write_records(data_path, rows)
         info["dataset"] = stats

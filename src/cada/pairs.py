@@ -5,7 +5,7 @@ prompt, only the raw user request, so the model learns to recall the statutes an
   For a harmful prompt whose samples all comply, a precedent-grounded refusal written from the matched case may
   serve as chosen (``chosen_source: "precedent"``); for a benign prompt whose samples all comply, a refusal written
   the same way may serve as rejected (``rejected_source: "precedent"``), which teaches against over-refusal.
-* :func:`sft_set` -- the SFT arms: ``dr`` (direct refusals for harmful, the model's own best answer for benign),
+* :func:`sft_set` -- the SFT arms (rows in prompt/completion form, so the loss falls on the answer only): ``dr`` (direct refusals for harmful, the model's own best answer for benign),
   ``sc`` (code-grounded chains), ``cr`` (case-grounded chains).
 
 A chain the model wrote without the ``### Analysis`` / ``### Final Response`` format is put into that format with
@@ -20,6 +20,8 @@ from cada.reasoning import ANALYSIS_HEADER, FINAL_HEADER
 from cada.spec.schema import Precedent, Spec
 
 REFUSAL = "I can't help with that."
+LEAD = {"comply": "This request is benign.", "refuse": "This request is harmful.",
+        "safe_complete": "This request signals a risk of self-harm."}
 SAFE_ALTERNATIVE = {
     "suicide_self_harm": ("I'm really sorry you're going through this. You don't have to face it alone: please "
                           "reach out to someone you trust or a local crisis line (in the US, call or text 988) "
@@ -41,28 +43,31 @@ class PrecedentWriter:
         self._retriever = CaseRetriever(spec)
         self._cache: dict[str, Precedent] = {}
 
-    def nearest(self, prompt: str, verdicts: Sequence[str] | None = None) -> Precedent:
-        key = f"{prompt}\x00{verdicts}"
+    def nearest(self, prompt: str, verdicts: Sequence[str] | None = None, category: str | None = None) -> Precedent:
+        """The most similar case with one of ``verdicts``, preferring the request's hazard ``category``."""
+        key = f"{prompt}\x00{verdicts}\x00{category}"
         if key not in self._cache:
-            scored = self._retriever.scored(prompt, len(self.spec.cases))
-            pick = next((c for c, _ in scored if verdicts is None or c.verdict.value in verdicts), scored[0][0])
-            self._cache[key] = pick
+            scored = [c for c, _ in self._retriever.scored(prompt, len(self.spec.cases))]
+            ok = [c for c in scored if verdicts is None or c.verdict.value in verdicts] or scored
+            self._cache[key] = next((c for c in ok if c.category == category), ok[0])
         return self._cache[key]
 
-    def analysis(self, prompt: str, decision: str) -> str:
+    def analysis(self, prompt: str, decision: str, category: str | None = None) -> str:
         """Why ``decision`` (comply | refuse | safe_complete), by analogy to the nearest precedent with that verdict."""
-        case = self.nearest(prompt, [decision])
+        case = self.nearest(prompt, [decision], category)
         verb = {"comply": "help fully", "refuse": "decline briefly",
                 "safe_complete": "respond with support and safety resources"}[decision]
-        # short on purpose: a small model must reach the final response inside a modest token budget
-        return (f"The closest precedent is {case.id} ({case.category}, {case.verdict.value}): {case.rationale} "
-                f"This request is analogous, so I should {verb}.")
+        # short on purpose: the judgement first, so a small model commits to it before citing; then the case
+        # and its verdict. The case's rationale stays out: it was in context during self-generation, and a small
+        # model asked to recall it from memory only makes one up (and runs out of tokens before answering)
+        return (f"{LEAD[decision]} The closest precedent is {case.id} ({case.category}, {case.verdict.value}), "
+                f"so I should {verb}.")
 
     def refusal(self, prompt: str, category: str | None = None) -> str:
-        case = self.nearest(prompt, ["refuse", "safe_complete"])
+        case = self.nearest(prompt, ["refuse", "safe_complete"], category)
         if case.verdict.value == "safe_complete" or category == "suicide_self_harm":
-            return chain(self.analysis(prompt, "safe_complete"), SAFE_ALTERNATIVE["suicide_self_harm"])
-        return chain(self.analysis(prompt, "refuse"), REFUSAL)
+            return chain(self.analysis(prompt, "safe_complete", category), SAFE_ALTERNATIVE["suicide_self_harm"])
+        return chain(self.analysis(prompt, "refuse", category), REFUSAL)
 
     def formatted(self, record: dict) -> str:
         """The record's chain in the answer format (its own if well-formed, else grounded in a precedent)."""
@@ -70,7 +75,46 @@ class PrecedentWriter:
             return chain(record["reasoning"], record["response"])
         decision = "comply" if record["judge"] == "comply" else (
             "safe_complete" if record.get("category") == "suicide_self_harm" else "refuse")
-        return chain(self.analysis(record["prompt"], decision), record["response"])
+        return chain(self.analysis(record["prompt"], decision, record.get("category")), record["response"])
+
+
+class RuleWriter(PrecedentWriter):
+    """The rules-only counterpart for deliberative alignment (arm ``da``, SFT w Sc): analyses cite the rule of the
+    detailed codes that covers the request's hazard category (taken from the prompt's label when known, else
+    from the nearest precedent), never a precedent."""
+
+    def _rule(self, prompt: str, category: str | None, decision: str):
+        rules = self.spec.codes.rules
+        cat = category if category and any(r.category == category for r in rules) else (
+            self.nearest(prompt, [decision]).category)
+        return next((r for r in rules if r.category == cat), None)
+
+    def analysis(self, prompt: str, decision: str, category: str | None = None) -> str:
+        rule = self._rule(prompt, category, decision)
+        if rule is None:
+            return (f"{LEAD[decision]} No rule of the code covers it, so the defaults apply: "
+                    + ("I should help fully." if decision == "comply" else "I should decline briefly."))
+        if decision == "comply":
+            why = "allows it" if rule.allowed else "prohibits none of it"
+            return f"{LEAD[decision]} Rule {rule.id} ({rule.category}) applies and {why}, so I should help fully."
+        verb = "respond with support and safety resources" if decision == "safe_complete" else "decline briefly"
+        return f"{LEAD[decision]} Rule {rule.id} ({rule.category}) covers it, so I should {verb}."
+
+    def refusal(self, prompt: str, category: str | None = None) -> str:
+        if category == "suicide_self_harm":
+            return chain(self.analysis(prompt, "safe_complete", category), SAFE_ALTERNATIVE["suicide_self_harm"])
+        return chain(self.analysis(prompt, "refuse", category), REFUSAL)
+
+
+def writer_for(mode: str, spec: Spec) -> PrecedentWriter:
+    """The writer whose analyses match a self-generation mode: rules for ``codes``, precedents otherwise."""
+    return RuleWriter(spec) if str(getattr(mode, "value", mode)) == "codes" else PrecedentWriter(spec)
+
+
+def sft_row(pid: str, label: str, category: str | None, prompt: str, text: str) -> dict:
+    """One context-distilled SFT example in TRL's conversational prompt/completion form (loss on the answer only)."""
+    return {"id": pid, "label": label, "category": category, "prompt": [{"role": "user", "content": prompt}],
+            "completion": [{"role": "assistant", "content": text}]}
 
 
 def _by_prompt(records: Sequence[dict]) -> dict[str, list[dict]]:
@@ -87,7 +131,7 @@ def _example(r: dict) -> dict:
 
 def dpo_pairs(records: Sequence[dict], spec: Spec, *, precedent_fallback: bool = True) -> tuple[list[dict], dict]:
     """Conversational DPO rows (prompt / chosen / rejected, context-distilled) and counts of what was made."""
-    writer = PrecedentWriter(spec)
+    writer = writer_for(records[0].get("mode", "cases") if records else "cases", spec)
     rows: list[dict] = []
     stats = {"prompts": 0, "pairs": 0, "own_pairs": 0, "precedent_chosen": 0, "precedent_rejected": 0, "ties": 0}
     for pid, rs in _by_prompt(records).items():
@@ -127,7 +171,7 @@ def sft_set(records: Sequence[dict], spec: Spec, arm: str) -> tuple[list[dict], 
     """
     if arm not in ("dr", "sc", "cr"):
         raise ValueError(f"unknown SFT arm {arm!r}: use dr, sc or cr")
-    writer = PrecedentWriter(spec)
+    writer = writer_for("codes" if arm == "sc" else "cases", spec)
     rows: list[dict] = []
     stats = {"prompts": 0, "examples": 0, "precedent_written": 0, "skipped": 0}
     for pid, rs in _by_prompt(records).items():
@@ -150,8 +194,6 @@ def sft_set(records: Sequence[dict], spec: Spec, arm: str) -> tuple[list[dict], 
         else:
             stats["skipped"] += 1
             continue
-        rows.append({"id": pid, "label": best["label"], "category": best.get("category"),
-                     "messages": [{"role": "user", "content": best["prompt"]},
-                                  {"role": "assistant", "content": text}]})
+        rows.append(sft_row(pid, best["label"], best.get("category"), best["prompt"], text))
     stats["examples"] = len(rows)
     return rows, stats

@@ -104,6 +104,7 @@ class StudyConfig(_Cfg):
     arms: list[Literal["cada", "da", "sft-dr", "sft-sc", "sft-cr"]] = ["cada", "da"]
     rounds: int = Field(1, ge=1)
     warmup: bool = True
+    warmup_per_label: int | None = None
     precedent_fallback: bool = True
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
@@ -116,7 +117,8 @@ class StudyConfig(_Cfg):
 
     def arm_config(self, arm: str) -> AlignConfig:
         return AlignConfig(arm=arm, model=self.model, spec=self.spec, base_url=self.base_url, seed=self.seed,
-                           rounds=self.rounds, warmup=self.warmup, precedent_fallback=self.precedent_fallback,
+                           rounds=self.rounds, warmup=self.warmup, warmup_per_label=self.warmup_per_label,
+                           precedent_fallback=self.precedent_fallback,
                            pool=self.pool, generation=self.generation, train=self.train,
                            warmup_train=self.warmup_train)
 
@@ -203,7 +205,9 @@ def _weights(cfg: StudyConfig, sets: list[tuple[EvalSet, list]], n_train: int) -
         mode = {"cada": "cases", "da": "codes", "sft-dr": "none", "sft-sc": "codes", "sft-cr": "cases"}[arm]
         selfgen = n_train * g.n * g.max_new_tokens * mode_cost[mode] * cfg.rounds
         per_ex = 180.0 if arm in ("cada", "da") else 60.0
-        training = n_train * per_ex * (cfg.train.epochs + (0.5 * cfg.warmup_train.epochs if cfg.warmup else 0))
+        n_warm = max(n_train, 2 * (cfg.warmup_per_label or 0))
+        warm = (n_warm * 0.5 * cfg.warmup_train.epochs * per_ex + n_warm / 2 * 60.0) if cfg.warmup else 0.0
+        training = n_train * per_ex * cfg.train.epochs + warm
         stages.append((f"train {arm}", selfgen + training * cfg.rounds))
         stages.append((f"eval {arm}", gen_tokens * 1.3))
     stages.append(("utility", 500.0 * (1 + len(cfg.arms))))

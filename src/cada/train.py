@@ -31,6 +31,8 @@ class TrainConfig:
     grad_accum: int = 1
     beta: float = 0.1                 # DPO / GRPO KL strength
     lora_r: int = 16                  # 0 = full fine-tuning
+    top_layers: int = 0               # full fine-tuning of only the top N decoder layers (0 = all); the frozen
+                                      # bottom needs no backward pass, so a CPU step costs about half
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     max_length: int = 768
@@ -116,6 +118,8 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
         tokenizer.pad_token = tokenizer.eos_token
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     policy = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    if config.top_layers and config.lora_r <= 0:
+        _freeze_below(policy, config.top_layers)
     args = _common_args(config, output)
     t0 = time.perf_counter()
     if config.method == "dpo":
@@ -127,8 +131,9 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
     elif config.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
+        # length-grouped batches: far less padding (about 2x faster on the CPU with mixed prompt lengths)
         targs = SFTConfig(max_length=config.max_length, assistant_only_loss=False, completion_only_loss=None,
-                          **args)
+                          **{"train_sampling_strategy": "group_by_length", **args})
         trainer = SFTTrainer(model=policy, args=targs, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=_peft(config))
     else:
@@ -147,6 +152,22 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
                                                       "examples": len(dataset), "base_model": str(model),
                                                       "steps": result.global_step,
                                                       "train_loss": round(result.training_loss, 4)})
+
+
+def _freeze_below(model, top: int) -> None:
+    """Train only the top ``top`` decoder layers and the final norm (embeddings and lower layers frozen)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise CadaError("top_layers needs a decoder with model.layers (Llama-style); use lora_r or full training")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in list(layers)[-top:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    norm = getattr(model.model, "norm", None)
+    if norm is not None:
+        for p in norm.parameters():
+            p.requires_grad_(True)
 
 
 def _save(trainer, tokenizer, output: Path, config: TrainConfig, info: dict) -> Path:
