@@ -215,3 +215,27 @@ def test_top_layers_trains_only_the_top_of_the_stack(tmp_path, tiny_model, spec)
     top = f"model.layers.{n_layers - 1}."
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(top) or k.startswith("model.norm") for k in changed)
+
+
+def test_train_cli_takes_a_config_file_that_flags_override(tmp_path, tiny_model, spec):
+    from typer.testing import CliRunner
+
+    from cada.cli import app
+    from cada.records import write_records
+
+    data = tmp_path / "sft.jsonl"
+    write_records(data, sft_set([rec("c", "benign", 0, "comply", 1.0, category="none")], spec, "dr")[0])
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("method: sft\nlora_r: 0\nbatch_size: 1\nepochs: 3\nreport_to: none\nmax_length: 128\n"
+                   "extra: {logging_steps: 1}\n")
+    res = CliRunner().invoke(app, ["train", "--config", str(cfg), "--data", str(data), "--model", tiny_model,
+                                   "--epochs", "1", "--output", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "out" / "train_info.json").read_text())
+    assert info["config"]["method"] == "sft" and info["config"]["lora_r"] == 0  # from the file
+    assert info["config"]["epochs"] == 1 and info["steps"] == 1                  # the flag wins
+    cfg.write_text("method: sft\nlearning_rat: 0.1\n")
+    res = CliRunner().invoke(app, ["train", "--config", str(cfg), "--data", str(data), "--model", tiny_model,
+                                   "--output", str(tmp_path / "bad")])
+    assert res.exit_code != 0 and f"{cfg}: unknown field 'learning_rat'" in str(res.exception)
+    assert not (tmp_path / "bad").exists()

@@ -340,26 +340,35 @@ def train_cmd(
     data: Annotated[Path, typer.Option("--data", help="JSONL: DPO pairs, SFT messages, or GRPO prompts with a "
                                        "label column.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder; the model lands in OUTPUT/model.")],
-    method: Annotated[str, typer.Option("--method", help="dpo | sft | grpo.")] = "dpo",
+    method: Annotated[Optional[str], typer.Option("--method", help="dpo | sft | grpo (default dpo).")] = None,
     model: ModelOpt = "smollm2-135m",
-    lr: Annotated[float, typer.Option("--lr")] = 2e-4,
-    epochs: Annotated[float, typer.Option("--epochs")] = 1.0,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
-    grad_accum: Annotated[int, typer.Option("--grad-accum")] = 1,
-    beta: Annotated[float, typer.Option("--beta", help="DPO/GRPO KL strength.")] = 0.1,
-    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning.")] = 16,
-    max_length: Annotated[int, typer.Option("--max-length")] = 768,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML of TrainConfig fields (its `extra` goes "
+                                                   "to the TRL config as is); flags override it.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Default 2e-4.")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Default 1.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Default 8.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Default 1.")] = None,
+    beta: Annotated[Optional[float], typer.Option("--beta", help="DPO/GRPO KL strength (default 0.1).")] = None,
+    lora_r: Annotated[Optional[int], typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning (default "
+                                                  "16).")] = None,
+    top_layers: Annotated[Optional[int], typer.Option("--top-layers", help="With --lora-r 0: train only the top "
+                                                      "N decoder layers.")] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Default 768.")] = None,
     no_merge: Annotated[bool, typer.Option("--no-merge", help="Keep only the LoRA adapter.")] = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    report_to: Annotated[str, typer.Option("--report-to", help="auto | tensorboard | wandb | none.")] = "auto",
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    report_to: Annotated[Optional[str], typer.Option("--report-to", help="auto | tensorboard | wandb | "
+                                                     "none.")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
 ) -> None:
     """Train with TRL (DPO, SFT or GRPO; LoRA by default). Works under `accelerate launch`."""
-    from cada.train import TrainConfig, train
+    from cada.train import TrainConfig, load_train_config, train
 
-    cfg = TrainConfig(method=method, learning_rate=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
-                      beta=beta, lora_r=lora_r, max_length=max_length, merge=not no_merge, seed=seed,
-                      report_to=report_to)
+    fields = load_train_config(config) if config else {}
+    flags = {"method": method, "learning_rate": lr, "epochs": epochs, "batch_size": batch_size,
+             "grad_accum": grad_accum, "beta": beta, "lora_r": lora_r, "top_layers": top_layers,
+             "max_length": max_length, "seed": seed, "report_to": report_to, "merge": False if no_merge else None}
+    fields.update({k: v for k, v in flags.items() if v is not None})
+    cfg = TrainConfig(**fields)
     path = train(model, data, output, cfg, trust_remote_code=trust_remote_code)
     out.print(f"model: {path}", markup=False, highlight=False)
 

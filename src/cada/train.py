@@ -51,6 +51,31 @@ class TrainConfig:
             raise CadaError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
 
 
+def load_train_config(path: str | Path) -> dict:
+    """TrainConfig fields from a YAML file (e.g. ``configs/grpo-vllm.yaml``), with one-line errors naming the file."""
+    import dataclasses
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise CadaError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise CadaError(f"{path}:{mark.line + 1 if mark else 0}: malformed YAML") from None
+    if not isinstance(data, dict):
+        raise CadaError(f"{path}: expected a mapping of TrainConfig fields")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CadaError(f"{path}: unknown field {unknown[0]!r} (TrainConfig fields: {', '.join(sorted(known))}; "
+                        "TRL options go under `extra`)")
+    if not isinstance(data.get("extra", {}), dict):
+        raise CadaError(f"{path}: extra: expected a mapping of TRL config options")
+    return data
+
+
 def _report_to(value: str) -> str:
     if value == "auto":
         return "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
