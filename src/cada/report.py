@@ -701,7 +701,8 @@ def render_html(report: dict, figures: dict[str, bytes] | None = None) -> str:
                                            for c in h["columns"]] for r in h["rows"]]
         parts.append(_html_table(head, rows))
         parts.append(f"<p class='note'>Best value per column highlighted. Harmful and jailbreak refusal: higher is "
-                     f"better; benign over-refusal: lower is better. Source: {_e(h['source'])}.</p>")
+                     f"better; benign over-refusal: lower is better. Refusal rates here count refusals and partial "
+                     f"refusals (the per-benchmark table gives both). Source: {_e(h['source'])}.</p>")
     else:
         parts.append("<p class='muted'>Headline numbers not recorded.</p>")
 
@@ -881,7 +882,8 @@ def render_markdown(report: dict, figure_files: dict[str, str] | None = None) ->
                                              for s in [fmt(r["values"][c["key"]],
                                                            3 if c["key"] == "reference_loglik" else 2)]]
                              for r in h["rows"]]))
-        md += ["", f"Best value per column in bold. Source: {h['source']}.", ""]
+        md += ["", f"Best value per column in bold. Refusal rates here count refusals and partial refusals (the "
+               f"per-benchmark table gives both). Source: {h['source']}.", ""]
     else:
         md += ["Headline numbers not recorded.", ""]
     pb = report["per_benchmark"]
