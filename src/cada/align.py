@@ -40,13 +40,9 @@ class _Cfg(BaseModel):
     def from_yaml(cls, path: str | Path) -> "_Cfg":
         from pydantic import ValidationError
 
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise CadaError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise CadaError(f"{path}:{mark.line + 1 if mark else 0}: malformed YAML") from None
+        from cada.errors import read_yaml_file
+
+        data = read_yaml_file(path)
         try:
             return cls.model_validate(data)
         except ValidationError as e:

@@ -55,15 +55,9 @@ def load_train_config(path: str | Path) -> dict:
     """TrainConfig fields from a YAML file (e.g. ``configs/grpo-vllm.yaml``), with one-line errors naming the file."""
     import dataclasses
 
-    import yaml
+    from cada.errors import read_yaml_file
 
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise CadaError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise CadaError(f"{path}:{mark.line + 1 if mark else 0}: malformed YAML") from None
+    data = read_yaml_file(path)
     if not isinstance(data, dict):
         raise CadaError(f"{path}: expected a mapping of TrainConfig fields")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
