@@ -126,9 +126,10 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
         # the self-generation prompts first (their own answers are reused), then more of the same pool
         ids = {p.id for p in train}
         more = _balanced([p for p in everything if p.id not in ids], cfg.warmup_per_label, cfg.seed + 1)
-        warm = [p for label in ("harmful", "benign")
-                for p in ([q for q in train if q.label == label] + [q for q in more if q.label == label]
-                          )[:max(cfg.warmup_per_label, sum(q.label == label for q in train))]]
+        warm = []
+        for label in ("harmful", "benign"):
+            own = [q for q in train if q.label == label]
+            warm += (own + [q for q in more if q.label == label])[:max(cfg.warmup_per_label, len(own))]
         P.write_jsonl(pool_dir / "warmup.jsonl", warm)
     P.write_jsonl(train_path, train)
     P.write_jsonl(held_path, held)
