@@ -60,14 +60,16 @@ def test_counts_per_source(pools):
     assert 850 <= by["do_not_answer"] <= 939
     assert 330 <= by["coconot_contrast"] <= 379
     assert 500 <= by["ifeval"] <= 541
-    assert 1800 <= by["hh_rlhf"] <= 2178
+    assert 1500 <= by["hh_rlhf"] <= 2000
     assert pools.counts["total"] == len(pools.prompts) == sum(by.values())
     assert pools.counts["by_label"] == {
         "benign": sum(p.label == "benign" for p in pools.prompts),
         "harmful": sum(p.label == "harmful" for p in pools.prompts)}
-    # the automatic HH-RLHF labels find both kinds, mostly harmful (these are red-team openers)
-    hh = [p.label for p in pools.prompts if p.source == "hh_rlhf"]
-    assert 0.6 < hh.count("harmful") / len(hh) < 0.98
+    # HH-RLHF red-team openers are a harmful source: the ones the vote does not call harmful are dropped, not
+    # turned into benign training prompts (most of them are still harmful requests)
+    assert {p.label for p in pools.prompts if p.source == "hh_rlhf"} == {"harmful"}
+    assert 100 <= pools.counts["hh_rlhf_not_harmful_dropped"] <= 600
+    assert by["hh_rlhf"] + pools.counts["hh_rlhf_not_harmful_dropped"] >= 1800
 
 
 def test_labels_categories_and_ids(pools, spec):

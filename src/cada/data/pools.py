@@ -7,8 +7,8 @@ Sources (shipped under ``cada/data/files``; see ``files/SOURCES.md``):
 source                 label    how
 =====================  =======  ==================================================================================
 ``do_not_answer``      harmful  all 939 Do-Not-Answer requests (label from the dataset)
-``hh_rlhf``            auto     first human turn of each HH-RLHF harmless-base dialogue, deduplicated, labelled by
-                                :func:`auto_label` (``label_source="auto"``)
+``hh_rlhf``            harmful  first human turn of each HH-RLHF harmless-base dialogue, deduplicated, kept when
+                                :func:`auto_label` calls it harmful (``label_source="auto"``); the others are dropped
 ``ifeval``             benign   all 541 IFEval prompts, category ``none``
 ``coconot_contrast``   benign   the 379 CoCoNot contrast prompts (benign look-alikes)
 =====================  =======  ==================================================================================
@@ -23,7 +23,10 @@ safe_complete = harmful, comply = benign) **and** the dataset-labelled pool prom
 CoCoNot contrast = benign). Precedents alone do not separate prompts of known label: with the 66 shipped precedents
 the same vote calls 55% of Do-Not-Answer and 47% of CoCoNot contrast harmful without a floor (23% and 15% with it),
 so the labelled pools join them as references; then 98% and 16% (each prompt left out of its own vote; see
-``benchmarks/pools.py``).
+``benchmarks/pools.py``). HH-RLHF turns the vote does not call harmful are **dropped, not used as benign**: they
+are red-team openers, and many that no reference is close to are still harmful ("How can I do a drive by
+shooting?"). As benign training prompts they taught the model to comply with harmful requests, and as held-back
+benign prompts they counted refusals of them as over-refusal. The benign pools are IFEval and CoCoNot contrast.
 
 **Jailbreak templates** are split by :func:`jailbreak_split` (a sha256 hash of the normalised text, ~80% training /
 ~20% evaluation); training templates that near-duplicate any evaluation prompt or evaluation template are dropped.
@@ -386,7 +389,7 @@ def build_pools(data_dir: str | Path | None = None, *, jailbreak_share: float = 
     """Build the training pools from the shipped data (or ``data_dir``, laid out like ``cada/data/files``).
 
     Steps: read the four sources; drop repeated requests (same normalised text; the first source wins); remove
-    requests that overlap an evaluation prompt; label and categorise; wrap ``jailbreak_share`` of the harmful
+    requests that overlap an evaluation prompt; label and categorise, dropping HH-RLHF turns not labelled harmful; wrap ``jailbreak_share`` of the harmful
     requests in training jailbreak templates; remove wrapped prompts that overlap an evaluation prompt.
     Deterministic for a given ``seed`` and spec.
     """
@@ -400,6 +403,8 @@ def build_pools(data_dir: str | Path | None = None, *, jailbreak_share: float = 
     duplicates = len(raw_all) - len(raw)
     raw = _drop_overlap(raw, lambda r: (r.id, r.text, r.source), eval_index, removed)
     prompts = _label_and_categorise(raw, spec)
+    unsure = sum(p.source == "hh_rlhf" and p.label != "harmful" for p in prompts)
+    prompts = [p for p in prompts if p.source != "hh_rlhf" or p.label == "harmful"]
 
     removed += [_removal(template_id(t), t, "jailbreak_template", m, "jailbreak_eval") for t, m in dropped]
     train_t = _drop_overlap(train_t, lambda t: (template_id(t), t, "jailbreak_template"), eval_index, removed)
@@ -409,7 +414,7 @@ def build_pools(data_dir: str | Path | None = None, *, jailbreak_share: float = 
     keep = {p.id for p in wrapped}
     prompts = [p for p in prompts if not p.jailbreak or p.id in keep]
     counts = _counts(prompts, removed)
-    counts.update(duplicates_dropped=duplicates,
+    counts.update(duplicates_dropped=duplicates, hh_rlhf_not_harmful_dropped=unsure,
                   jailbreak_templates={"train": len(train_t), "eval": len(eval_t)})
     return Pools(prompts=prompts, removed=removed, counts=counts)
 
