@@ -118,6 +118,22 @@ def test_prefix_cache_with_the_real_codes_prompt(sharp_model, spec):
     assert cached.last_stats["prefix_tokens"] > 2000  # the codes prompt is ~3.2k tokens, shared by all
 
 
+def test_prefix_is_reused_by_later_calls_and_outputs_stay_identical(sharp_model):
+    """Resumable stages call generate once per chunk: the prefix is encoded once, and later chunks (their own shared
+    prefix may run a few tokens further) give the same text as the plain path; a new system prompt re-encodes."""
+    p = SamplingParams(max_new_tokens=10)
+    plain = _gen(sharp_model, batch_size=2, prefix_cache=False)
+    cached = _gen(sharp_model, batch_size=2, min_prefix_tokens=64)
+    first, later = SHARED[:3], SHARED[3:]
+    assert cached.generate(first, p) == plain.generate(first, p)
+    assert cached.last_stats["prefix_tokens"] > 200 and not cached.last_stats["prefix_reused"]
+    assert cached.generate(later, p) == plain.generate(later, p)
+    assert cached.last_stats["prefix_reused"]
+    other = [[{"role": "system", "content": SYSTEM.replace("owls", "cats")}, m[1]] for m in SHARED[:2]]
+    assert cached.generate(other, p) == plain.generate(other, p)
+    assert cached.last_stats["prefix_tokens"] > 200 and not cached.last_stats["prefix_reused"]
+
+
 def test_prefix_cache_sampling_n_matches_plain(sharp_model):
     """num_return_sequences expands the batch; the cache is expanded to match, and the samples are the same."""
     p = SamplingParams(max_new_tokens=8, temperature=1.0, n=3, seed=5)

@@ -11,6 +11,7 @@ Each takes a batch of chat conversations and returns, for each, ``n`` completion
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -167,6 +168,48 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
+@functools.cache
+def _prefilled_layer_class():  # a function so that importing cada does not import transformers
+    from transformers.cache_utils import DynamicLayer
+
+    class PrefilledLayer(DynamicLayer):
+        """A :class:`~transformers.cache_utils.DynamicLayer` that starts with the shared prefix in every row and
+        writes each step's keys/values in place into storage allocated once for the whole generation.
+
+        ``DynamicLayer.update`` concatenates, which copies the whole cache on every step: with the ~3.2k-token
+        ``codes`` prompt that is ~150 MB per row per new token (float32, SmolLM2-135M), most of the time of a
+        ``codes`` run and its page faults. ``keys``/``values`` stay views of the used length, so everything that
+        reads them (masks, ``get_seq_length``, ``crop``) behaves as with the plain layer.
+        """
+
+        def __init__(self, keys, values, rows: int, capacity: int):
+            super().__init__()
+            p = keys.shape[-2]
+            capacity = max(capacity, p)
+            self._k = keys.new_empty((rows, keys.shape[1], capacity, keys.shape[3]))
+            self._v = values.new_empty((rows, values.shape[1], capacity, values.shape[3]))
+            self._k[:, :, :p] = keys
+            self._v[:, :, :p] = values
+            self.device, self.is_initialized = keys.device, True
+            self.keys, self.values = self._k[:, :, :p], self._v[:, :, :p]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            import torch
+
+            start = self.keys.shape[-2]
+            end = start + key_states.shape[-2]
+            if end > self._k.shape[-2]:  # longer than planned: grow (not reached by LocalGenerator)
+                grow = end - self._k.shape[-2]
+                self._k = torch.cat([self._k, self._k.new_empty(*self._k.shape[:2], grow, self._k.shape[3])], 2)
+                self._v = torch.cat([self._v, self._v.new_empty(*self._v.shape[:2], grow, self._v.shape[3])], 2)
+            self._k[:, :, start:end] = key_states
+            self._v[:, :, start:end] = value_states
+            self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+            return self.keys, self.values
+
+    return PrefilledLayer
+
+
 class LocalGenerator:
     """transformers ``generate``, made fast for cada's workload.
 
@@ -174,9 +217,10 @@ class LocalGenerator:
     * stops at the chat template's end of turn as well as at eos (:func:`end_of_turn_ids`);
     * **shared-prefix KV cache**: when every prompt of a call starts with the same long token prefix (the system
       prompt with the spec: ~3.2k tokens in ``codes`` mode, ~4.4k in ``cases`` mode with all precedents) the prefix
-      is encoded once per call and its keys/values are reused by every batch, laid out as
-      ``[prefix][left pad][suffix]`` with the pads masked out, so positions and attention are exactly those of the
-      plain path. Used when the prefix has at least ``min_prefix_tokens`` tokens and the model's cache is a plain
+      is encoded once and its keys/values are reused by every batch, laid out as ``[prefix][left pad][suffix]``
+      with the pads masked out, so positions and attention are exactly those of the plain path. The latest prefix
+      is kept for later calls that start with it (resumable stages call ``generate`` once per chunk), and each
+      batch's cache is allocated once and written in place (:func:`_prefilled_layer_class`). Used when the prefix has at least ``min_prefix_tokens`` tokens and the model's cache is a plain
       full-attention ``DynamicCache``; otherwise the plain path runs;
     * adaptive batch size: on CUDA the batch is sized from free memory (capped at ``max_batch_size``); on the CPU
       ``batch_size`` is used as given. On an out-of-memory error the batch is halved and retried, and the learned
@@ -200,6 +244,7 @@ class LocalGenerator:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.stop_ids[0] if self.stop_ids else 0)
         self._token_budget: int | None = None  # rows x tokens x n that fitted after an out-of-memory error
+        self._prefix_memo: tuple[list[int], object] | None = None  # (prefix tokens, their keys/values or None)
         self.last_stats: dict = {}
 
     @classmethod
@@ -261,17 +306,31 @@ class LocalGenerator:
             return None  # sliding-window, linear-attention or otherwise special caches: plain path
         return [(layer.keys, layer.values) for layer in layers]
 
-    def _prefix_cache_for(self, prefix_kv, rows: int):
+    def _shared_prefix(self, ids: list[list[int]]) -> tuple[list[int], object]:
+        """The prefix shared by all of ``ids`` and its keys/values (``([], None)`` when there is none to use).
+
+        A prefix encoded by an earlier call is reused when every prompt of this call starts with it.
+        """
+        if not self.prefix_cache or not ids:
+            return [], None
+        p = shared_prefix_len(ids)
+        if p < self.min_prefix_tokens:
+            return [], None
+        memo = self._prefix_memo
+        if memo is not None and len(memo[0]) <= p and ids[0][:len(memo[0])] == memo[0]:
+            return memo
+        prefix = list(ids[0][:p])
+        self._prefix_memo = (prefix, self._encode_prefix(prefix))
+        return self._prefix_memo
+
+    def _prefix_cache_for(self, prefix_kv, rows: int, capacity: int):
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
         if len(cache.layers) != len(prefix_kv):
             raise CadaError("internal: prefix cache layers do not match the model")
-        for layer, (k, v) in zip(cache.layers, prefix_kv):
-            layer.lazy_initialization(k, v)
-            # a view: the first forward concatenates onto it, which copies, so the prefix itself is never written
-            layer.keys = k.expand(rows, -1, -1, -1)
-            layer.values = v.expand(rows, -1, -1, -1)
+        layer = _prefilled_layer_class()
+        cache.layers = [layer(k, v, rows, capacity) for k, v in prefix_kv]
         return cache
 
     def _generate_batch(self, rows: list[list[int]], gen_kwargs: dict, seed: int, prefix: list[int],
@@ -294,8 +353,8 @@ class LocalGenerator:
         ids, mask = ids.to(device), mask.to(device)
         extra = {}
         if p:
-            extra[self._cache_kwarg] = self._prefix_cache_for(prefix_kv,
-                                                              len(rows) * gen_kwargs["num_return_sequences"])
+            extra[self._cache_kwarg] = self._prefix_cache_for(
+                prefix_kv, len(rows) * gen_kwargs["num_return_sequences"], p + width + gen_kwargs["max_new_tokens"])
         torch.manual_seed(seed)
         with torch.inference_mode():
             seqs = self.model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs, **extra)
@@ -331,15 +390,11 @@ class LocalGenerator:
         else:  # silence "temperature is set but do_sample=False" from the checkpoint's generation config
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
 
-        prefix: list[int] = []
-        prefix_kv = None
-        if self.prefix_cache and len(ids) > 0:
-            p = shared_prefix_len(ids)
-            if p >= self.min_prefix_tokens:
-                prefix = list(ids[0][:p])
-                prefix_kv = self._encode_prefix(prefix)
+        memo = self._prefix_memo
+        prefix, prefix_kv = self._shared_prefix(ids)
         stats = dict(prompts=len(texts), sequences=len(texts) * n_seq, new_tokens=0, batches=0, oom_retries=0,
-                     prefix_tokens=len(prefix) if prefix_kv is not None else 0)
+                     prefix_tokens=len(prefix) if prefix_kv is not None else 0,
+                     prefix_reused=prefix_kv is not None and memo is not None and prefix_kv is memo[1])
         longest = len(ids[order[0]]) if order else 0
         rows = self._rows_per_batch(longest + params.max_new_tokens, n_seq)
         stats["batch_rows"] = rows
