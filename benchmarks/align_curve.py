@@ -27,6 +27,10 @@ def main() -> None:
     ap.add_argument("--run", default="runs/bench-curve")
     ap.add_argument("--harmful", type=int, default=400, help="warm-up prompts per label (harmful)")
     ap.add_argument("--benign", type=int, default=400)
+    ap.add_argument("--lookalike-share", type=float, default=None,
+                    help="share of the benign warm-up prompts taken from CoCoNot contrast (benign look-alikes); "
+                         "default: the pool's own mix")
+    ap.add_argument("--skip-checkpoints", type=int, default=0, help="evaluate only checkpoints after this step")
     ap.add_argument("--answer-tokens", type=int, default=96, help="budget of the benign direct answers")
     ap.add_argument("--eval-tokens", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-5)
@@ -53,7 +57,12 @@ def main() -> None:
     ben = [p for p in pool if p.label == "benign"]
     rng.shuffle(harm)
     rng.shuffle(ben)
-    harm, ben = harm[:a.harmful], ben[:a.benign]
+    harm = harm[:a.harmful]
+    if a.lookalike_share is None:
+        ben = ben[:a.benign]
+    else:
+        look = [p for p in ben if p.source == "coconot_contrast"][:round(a.lookalike_share * a.benign)]
+        ben = look + [p for p in ben if p.source != "coconot_contrast"][:a.benign - len(look)]
     result: dict = {"settings": vars(a), "curve": []}
     result["base"] = refusal_rates("smollm2-135m", held, run / "eval-base", a.eval_tokens)
     print("base", result["base"], flush=True)
@@ -73,7 +82,7 @@ def main() -> None:
                "save_only_model": True}))
     result["train_seconds"] = round(time.perf_counter() - t0, 1)
     for ck in sorted((run / "train" / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
-        if a.lora_r:
+        if a.lora_r or int(ck.name.split("-")[1]) <= a.skip_checkpoints:
             continue  # adapter checkpoints: only the merged final model is evaluated
         seen = int(ck.name.split("-")[1]) * a.batch
         point = {"examples_seen": min(seen, len(rows) * a.epochs),

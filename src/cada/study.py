@@ -253,7 +253,7 @@ def _verdict(headline: dict) -> dict:
            "cada_no_more_benign_refusal_than_base": le(cada, base, "benign_refusal")}
     if da:
         out["cada_refuses_more_harmful_than_da"] = gt(cada, da, "harmful_refusal")
-        out["cada_less_benign_refusal_than_da"] = le(cada, da, "benign_refusal")
+        out["cada_no_more_benign_refusal_than_da"] = le(cada, da, "benign_refusal")
     return out
 
 
