@@ -147,7 +147,7 @@ def test_prefix_cache_sampling_n_matches_plain(sharp_model):
 
 
 def test_short_or_absent_shared_prefix_falls_back(sharp_model):
-    gen = _gen(sharp_model, batch_size=4)  # default threshold 256 tokens
+    gen = _gen(sharp_model, batch_size=4)  # default threshold 128 tokens
     gen.generate(CHATS, SamplingParams(max_new_tokens=2))
     assert gen.last_stats["prefix_tokens"] == 0  # only the default system prompt (~20 tokens) is shared
     assert shared_prefix_len([[1, 2, 3], [4, 5]]) == 0

@@ -230,7 +230,7 @@ class LocalGenerator:
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 16, show_progress: bool = True,
-                 name: str | None = None, prefix_cache: bool = True, min_prefix_tokens: int = 256,
+                 name: str | None = None, prefix_cache: bool = True, min_prefix_tokens: int = 128,
                  adaptive_batch: bool | None = None, max_batch_size: int = 256):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size = batch_size
