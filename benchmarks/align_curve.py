@@ -30,6 +30,9 @@ def main() -> None:
     ap.add_argument("--lookalike-share", type=float, default=None,
                     help="share of the benign warm-up prompts taken from CoCoNot contrast (benign look-alikes); "
                          "default: the pool's own mix")
+    ap.add_argument("--init", default="smollm2-135m",
+                    help="model to fine-tune, e.g. a checkpoint of an earlier run to train it further (the held-back "
+                         "base rates stay those of smollm2-135m)")
     ap.add_argument("--skip-checkpoints", type=int, default=0, help="evaluate only checkpoints after this step")
     ap.add_argument("--answer-tokens", type=int, default=96, help="budget of the benign direct answers")
     ap.add_argument("--eval-tokens", type=int, default=128)
@@ -75,7 +78,7 @@ def main() -> None:
     result["examples"] = {"total": len(rows), "benign": sum(r["label"] == "benign" for r in rows),
                           "dropped_too_long": dropped}
     t0 = time.perf_counter()
-    train("smollm2-135m", run / "warmup.jsonl", run / "train", TrainConfig(
+    train(a.init, run / "warmup.jsonl", run / "train", TrainConfig(
         method="sft", learning_rate=a.lr, epochs=a.epochs, batch_size=a.batch, lora_r=a.lora_r,
         top_layers=a.top_layers, max_length=a.max_length,
         extra={"save_strategy": "steps", "save_steps": a.save_steps, "save_total_limit": None,
