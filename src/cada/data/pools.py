@@ -389,8 +389,9 @@ def build_pools(data_dir: str | Path | None = None, *, jailbreak_share: float = 
     """Build the training pools from the shipped data (or ``data_dir``, laid out like ``cada/data/files``).
 
     Steps: read the four sources; drop repeated requests (same normalised text; the first source wins); remove
-    requests that overlap an evaluation prompt; label and categorise, dropping HH-RLHF turns not labelled harmful; wrap ``jailbreak_share`` of the harmful
-    requests in training jailbreak templates; remove wrapped prompts that overlap an evaluation prompt.
+    requests that overlap an evaluation prompt; label and categorise, dropping HH-RLHF turns not labelled harmful;
+    wrap ``jailbreak_share`` of the harmful requests in training jailbreak templates; remove wrapped prompts that
+    overlap an evaluation prompt.
     Deterministic for a given ``seed`` and spec.
     """
     spec = spec or load_spec()

@@ -194,14 +194,8 @@ def _prefilled_layer_class():  # a function so that importing cada does not impo
             self.keys, self.values = self._k[:, :, :p], self._v[:, :, :p]
 
         def update(self, key_states, value_states, *args, **kwargs):
-            import torch
-
             start = self.keys.shape[-2]
-            end = start + key_states.shape[-2]
-            if end > self._k.shape[-2]:  # longer than planned: grow (not reached by LocalGenerator)
-                grow = end - self._k.shape[-2]
-                self._k = torch.cat([self._k, self._k.new_empty(*self._k.shape[:2], grow, self._k.shape[3])], 2)
-                self._v = torch.cat([self._v, self._v.new_empty(*self._v.shape[:2], grow, self._v.shape[3])], 2)
+            end = start + key_states.shape[-2]  # the capacity covers prompt + max_new_tokens
             self._k[:, :, start:end] = key_states
             self._v[:, :, start:end] = value_states
             self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
@@ -220,8 +214,9 @@ class LocalGenerator:
       is encoded once and its keys/values are reused by every batch, laid out as ``[prefix][left pad][suffix]``
       with the pads masked out, so positions and attention are exactly those of the plain path. The latest prefix
       is kept for later calls that start with it (resumable stages call ``generate`` once per chunk), and each
-      batch's cache is allocated once and written in place (:func:`_prefilled_layer_class`). Used when the prefix has at least ``min_prefix_tokens`` tokens and the model's cache is a plain
-      full-attention ``DynamicCache``; otherwise the plain path runs;
+      batch's cache is allocated once and written in place (:func:`_prefilled_layer_class`). Used when the prefix
+      has at least ``min_prefix_tokens`` tokens and the model's cache is a plain full-attention ``DynamicCache``;
+      otherwise the plain path runs;
     * adaptive batch size: on CUDA the batch is sized from free memory (capped at ``max_batch_size``); on the CPU
       ``batch_size`` is used as given. On an out-of-memory error the batch is halved and retried, and the learned
       limit is kept for later calls.
