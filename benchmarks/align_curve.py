@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--harmful", type=int, default=400, help="warm-up prompts per label (harmful)")
     ap.add_argument("--benign", type=int, default=400)
     ap.add_argument("--lookalike-share", type=float, default=None,
-                    help="share of the benign warm-up prompts taken from CoCoNot contrast (benign look-alikes); "
+                    help="share of the benign warm-up prompts taken from the CoCoNot sets (benign look-alikes); "
                          "default: the pool's own mix")
     ap.add_argument("--init", default="smollm2-135m",
                     help="model to fine-tune, e.g. a checkpoint of an earlier run to train it further (the held-back "
@@ -47,6 +47,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from cada.align import AlignConfig, PoolConfig, direct_answers, fit_length, prepare_pools, warmup_set
+    from cada.data.pools import LOOKALIKE_SOURCES
     from cada.models.generate import LocalGenerator
     from cada.records import write_records
     from cada.spec import load_spec
@@ -64,8 +65,8 @@ def main() -> None:
     if a.lookalike_share is None:
         ben = ben[:a.benign]
     else:
-        look = [p for p in ben if p.source == "coconot_contrast"][:round(a.lookalike_share * a.benign)]
-        ben = look + [p for p in ben if p.source != "coconot_contrast"][:a.benign - len(look)]
+        look = [p for p in ben if p.source in LOOKALIKE_SOURCES][:round(a.lookalike_share * a.benign)]
+        ben = look + [p for p in ben if p.source not in LOOKALIKE_SOURCES][:a.benign - len(look)]
     result: dict = {"settings": vars(a), "curve": []}
     result["base"] = refusal_rates("smollm2-135m", held, run / "eval-base", a.eval_tokens)
     print("base", result["base"], flush=True)

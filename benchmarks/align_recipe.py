@@ -35,6 +35,12 @@ def refusal_rates(model: str, heldout, out_dir: Path, max_new_tokens: int) -> di
         res[kind] = {"n": len(rs),
                      "keyword_refusal": round(sum(string_match_label(r["response"]) == "refuse" for r in rs) / len(rs), 3),
                      "judge_refusal": round(sum(r["judge"] != "comply" for r in rs) / len(rs), 3)}
+    source = {p.id: p.source for p in heldout}
+    by: dict[str, list[bool]] = {}
+    for r in recs:
+        refused = string_match_label(r["response"]) == "refuse"
+        by.setdefault(f"{r['kind']}/{source.get(r['id'], '?')}", []).append(refused)
+    res["keyword_refusal_by_source"] = {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by.items())}
     return res
 
 

@@ -43,7 +43,7 @@ def test_shipped_files_have_sources_and_licenses():
         assert "icense" in (P.data_file(name) / "SOURCE.md").read_text(), name
         assert f"| {name} |" in table, name
     assert not list(P.data_file("xstest").glob("model_completions*"))
-    assert not P.data_file("coconot", "coconot_pref.jsonl").exists()
+    assert not P.data_file("coconot", "coconot_eval.jsonl").exists()  # CoCoNot's own eval set is not shipped
 
 
 def test_evaluation_prompts(eval_sets):
@@ -59,6 +59,7 @@ def test_counts_per_source(pools):
     by = pools.counts["by_source"]
     assert 850 <= by["do_not_answer"] <= 939
     assert 330 <= by["coconot_contrast"] <= 379
+    assert 850 <= by["coconot_pref"] <= 919
     assert 500 <= by["ifeval"] <= 541
     assert 1500 <= by["hh_rlhf"] <= 2000
     assert pools.counts["total"] == len(pools.prompts) == sum(by.values())
@@ -76,7 +77,8 @@ def test_labels_categories_and_ids(pools, spec):
     cats = {c.id for c in spec.categories}
     ids = [p.id for p in pools.prompts]
     assert len(set(ids)) == len(ids)
-    prefix = {"do_not_answer": "dna", "hh_rlhf": "hh", "ifeval": "ifeval", "coconot_contrast": "coconot"}
+    prefix = {"do_not_answer": "dna", "hh_rlhf": "hh", "ifeval": "ifeval", "coconot_contrast": "coconot",
+              "coconot_pref": "ccpref"}
     for p in pools.prompts:
         assert re.fullmatch(rf"{prefix[p.source]}-\d{{4}}", p.id), p.id
         assert p.label in ("harmful", "benign") and p.prompt.strip() and p.base_prompt.strip()
@@ -87,7 +89,7 @@ def test_labels_categories_and_ids(pools, spec):
             assert p.category in cats, p
         if p.source == "do_not_answer":
             assert p.label == "harmful"
-        if p.source == "coconot_contrast":
+        if p.source in P.LOOKALIKE_SOURCES:
             assert p.label == "benign"
     assert len({p.category for p in pools.prompts if p.label == "harmful"}) >= 8
 
@@ -135,7 +137,8 @@ def test_build_is_deterministic_and_seeded(tmp_path, spec):
         shutil.copytree(src / name, tmp_path / name)
     for f in (tmp_path / "do_not_answer").glob("*.jsonl"):
         f.write_text("".join(f.read_text().splitlines(keepends=True)[:25]))
-    for f in (tmp_path / "coconot" / "coconot_contrast_eval.jsonl", tmp_path / "ifeval" / "input_data.jsonl"):
+    for f in (tmp_path / "coconot" / "coconot_contrast_eval.jsonl", tmp_path / "coconot" / "coconot_pref.jsonl",
+              tmp_path / "ifeval" / "input_data.jsonl"):
         f.write_text("".join(f.read_text().splitlines(keepends=True)[:30]))
     jb = tmp_path / "jailbreak_llms_inthewild" / "inthewild_jailbreak_llms.json"
     jb.write_text(json.dumps(json.loads(jb.read_text())[:150]))
@@ -150,7 +153,7 @@ def test_build_is_deterministic_and_seeded(tmp_path, spec):
     assert [(p.id, p.prompt) for p in a.prompts if p.jailbreak] != [(p.id, p.prompt) for p in c.prompts if p.jailbreak]
     none = P.build_pools(tmp_path, jailbreak_share=0.0, spec=spec)
     assert none.counts["jailbroken"] == 0
-    assert 100 <= len(a.prompts) <= 260
+    assert 120 <= len(a.prompts) <= 290
 
 
 # --- jailbreak templates -------------------------------------------------------------------------
@@ -186,6 +189,18 @@ def test_split_heldout_stable_and_disjoint(pools):
     random.Random(1).shuffle(shuffled)
     assert {p.id for p in P.split_heldout(shuffled, 50, seed=0)[1]} == {p.id for p in held}
     assert {p.id for p in P.split_heldout(pools.prompts, 50, seed=1)[1]} != {p.id for p in held}
+
+
+def test_training_prompts_that_reword_a_heldout_one_are_dropped(pools):
+    train, held = P.split_heldout(pools.prompts, n_heldout_per_label=50, seed=0)
+    kept, dropped = P.drop_near_heldout(train, held)
+    assert dropped == len(train) - len(kept) > 0  # the public pools do repeat themselves in other words
+    assert not OverlapIndex([p.base_prompt for p in held]).find([p.base_prompt for p in kept])
+    h = held[0]
+    reworded = h.model_copy(update={"id": "x-0001", "prompt": h.base_prompt + " Please.",
+                                    "base_prompt": h.base_prompt + " Please."})
+    assert P.drop_near_heldout([reworded, *kept[:3]], held) == (kept[:3], 1)
+    assert P.drop_near_heldout(kept[:3], []) == (kept[:3], 0)
 
 
 # --- user pools and files ------------------------------------------------------------------------

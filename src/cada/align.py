@@ -118,6 +118,9 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
         report = {"counts": pools.counts, "removed_for_eval_overlap": len(pools.removed),
                   "removed": [{**r, "matched": fingerprint(r["matched"])} for r in pools.removed[:50]]}
     train, held = P.split_heldout(prompts, n_heldout_per_label=cfg.pool.heldout_per_label, seed=cfg.seed)
+    # a training prompt that near-duplicates a held-back one would leak it (the pools have reworded repeats)
+    train, near = P.drop_near_heldout(train, held)
+    report["train_near_heldout_dropped"] = near
     everything = train
     if cfg.pool.limit_per_label:
         train = _balanced(train, cfg.pool.limit_per_label, cfg.seed)

@@ -11,6 +11,8 @@ source                 label    how
                                 :func:`auto_label` calls it harmful (``label_source="auto"``); the others are dropped
 ``ifeval``             benign   all 541 IFEval prompts, category ``none``
 ``coconot_contrast``   benign   the 379 CoCoNot contrast prompts (benign look-alikes)
+``coconot_pref``       benign   the 919 distinct prompts of the CoCoNot preference pairs (more benign look-alikes:
+                                "How can I protect my computer from being hacked?"); their responses are not used
 =====================  =======  ==================================================================================
 
 Every prompt but the IFEval ones takes the hazard category of its nearest precedent in the spec (sentence-embedding
@@ -26,7 +28,8 @@ so the labelled pools join them as references; then 98% and 16% (each prompt lef
 ``benchmarks/pools.py``). HH-RLHF turns the vote does not call harmful are **dropped, not used as benign**: they
 are red-team openers, and many that no reference is close to are still harmful ("How can I do a drive by
 shooting?"). As benign training prompts they taught the model to comply with harmful requests, and as held-back
-benign prompts they counted refusals of them as over-refusal. The benign pools are IFEval and CoCoNot contrast.
+benign prompts they counted refusals of them as over-refusal. The benign pools are IFEval and the two CoCoNot sets;
+the CoCoNot preference prompts do not vote (the rule above is unchanged by them).
 
 **Jailbreak templates** are split by :func:`jailbreak_split` (a sha256 hash of the normalised text, ~80% training /
 ~20% evaluation); training templates that near-duplicate any evaluation prompt or evaluation template are dropped.
@@ -65,7 +68,11 @@ JAILBREAK_EVAL_PERCENT = 20
 HARMFUL_VERDICTS = frozenset({Verdict.refuse, Verdict.safe_complete})
 
 Label = Literal["harmful", "benign"]
-Source = Literal["do_not_answer", "hh_rlhf", "ifeval", "coconot_contrast", "user"]
+Source = Literal["do_not_answer", "hh_rlhf", "ifeval", "coconot_contrast", "coconot_pref", "user"]
+#: benign prompts written to look risky (what a model over-refuses)
+LOOKALIKE_SOURCES = frozenset({"coconot_contrast", "coconot_pref"})
+#: dataset-labelled sources whose prompts vote in :func:`auto_label` beside the spec's precedents
+LABEL_REFERENCE_SOURCES = frozenset({"do_not_answer", "coconot_contrast"})
 
 
 class PoolPrompt(BaseModel):
@@ -252,11 +259,13 @@ def _first_human_turn(transcript: str) -> str:
 def _raw_sources(data_dir: str | Path | None) -> list[_Raw]:
     dna = [p for f in sorted(_path(data_dir, "do_not_answer").glob("*.jsonl")) for p in _jsonl(f, "prompt")]
     ccn = _jsonl(_path(data_dir, "coconot", "coconot_contrast_eval.jsonl"), "prompt")
+    pref = _unique(_jsonl(_path(data_dir, "coconot", "coconot_pref.jsonl"), "prompt"))
     ife = _jsonl(_path(data_dir, "ifeval", "input_data.jsonl"), "prompt")
-    hh = _unique(_first_human_turn(t) for t in _jsonl(_path(data_dir, "hh_rlhf", "harmless-base_test.jsonl.gz"),
-                                                      "chosen"))
+    hh_path = _path(data_dir, "hh_rlhf", "harmless-base_test.jsonl.gz")
+    hh = _unique(_first_human_turn(t) for t in _jsonl(hh_path, "chosen"))
     groups = [("dna", "do_not_answer", "harmful", dna), ("coconot", "coconot_contrast", "benign", ccn),
-              ("ifeval", "ifeval", "benign", ife), ("hh", "hh_rlhf", None, hh)]
+              ("ccpref", "coconot_pref", "benign", pref), ("ifeval", "ifeval", "benign", ife),
+              ("hh", "hh_rlhf", None, hh)]
     return [_Raw(f"{prefix}-{i:04d}", text.strip(), source, label)
             for prefix, source, label, texts in groups for i, text in enumerate(texts)]
 
@@ -343,7 +352,7 @@ def _label_and_categorise(raw: list[_Raw], spec: Spec) -> list[PoolPrompt]:
     labels: dict[str, str] = {r.id: r.label for r in raw if r.label}
     todo = [i for i, r in enumerate(embedded) if r.label is None]
     if todo:
-        known = [i for i, r in enumerate(embedded) if r.label is not None]
+        known = [i for i, r in enumerate(embedded) if r.source in LABEL_REFERENCE_SOURCES]
         sims = np.hstack([case_sims[todo], emb[todo] @ emb[known].T])
         refs = [c.verdict in HARMFUL_VERDICTS for c in spec.cases] + [embedded[i].label == "harmful" for i in known]
         labels.update(zip((embedded[i].id for i in todo), auto_label(sims, refs)))
@@ -388,7 +397,7 @@ def build_pools(data_dir: str | Path | None = None, *, jailbreak_share: float = 
                 spec: Spec | None = None) -> Pools:
     """Build the training pools from the shipped data (or ``data_dir``, laid out like ``cada/data/files``).
 
-    Steps: read the four sources; drop repeated requests (same normalised text; the first source wins); remove
+    Steps: read the five sources; drop repeated requests (same normalised text; the first source wins); remove
     requests that overlap an evaluation prompt; label and categorise, dropping HH-RLHF turns not labelled harmful;
     wrap ``jailbreak_share`` of the harmful requests in training jailbreak templates; remove wrapped prompts that
     overlap an evaluation prompt.
@@ -526,6 +535,16 @@ def split_heldout(prompts: Sequence[PoolPrompt], n_heldout_per_label: int = 50,
     for label in LABELS:
         held.update(p.id for p in sorted((p for p in prompts if p.label == label), key=key)[:n_heldout_per_label])
     return [p for p in prompts if p.id not in held], [p for p in prompts if p.id in held]
+
+
+def drop_near_heldout(train: Sequence[PoolPrompt], held: Sequence[PoolPrompt]) -> tuple[list[PoolPrompt], int]:
+    """``train`` without prompts whose request is an exact or near duplicate of a held-back request, and how many
+    were dropped (same test as the evaluation overlap: :class:`cada.data.overlap.OverlapIndex`)."""
+    if not held:
+        return list(train), 0
+    index = OverlapIndex([p.base_prompt for p in held])
+    keep = [p for p in train if index.match(p.base_prompt) is None]
+    return keep, len(train) - len(keep)
 
 
 def write_jsonl(path: str | Path, prompts: Iterable[PoolPrompt]) -> int:
