@@ -2,13 +2,14 @@
 
     python benchmarks/plot_align_curve.py [--results benchmarks/results/align_curve.json]
 
-Runs whose settings name a ``pools`` value other than the first are drawn in a second panel: their held-back
-prompts (and base rates) differ.
+Runs are grouped into panels by the ``pools`` value of their settings: each pool version has its own held-back
+prompts (and base rates).
 """
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 import json
 from pathlib import Path
 
@@ -35,8 +36,8 @@ def main() -> None:
             for label, color in (("harmful", "#c0392b"), ("benign", "#2471a3")):
                 ys = [base[label]["keyword_refusal"]] + [p[label]["keyword_refusal"] for p in run["curve"]]
                 ax.plot(xs, ys, ls, marker="o", color=color, label=f"{label}, {name}")
-        ax.set(xlabel="warm-up examples seen", ylabel="keyword refusal (held-back pool)", ylim=(0, 1.02),
-               title=pools)
+        ax.set(xlabel="warm-up examples seen", ylabel="keyword refusal (held-back pool)", ylim=(0, 1.02))
+        ax.set_title(textwrap.fill(pools, 60), fontsize=9)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle("SmolLM2-135M: SFT on grounded refusals + own answers")
     fig.tight_layout()

@@ -113,7 +113,7 @@ def test_warmup_set_uses_direct_answers_and_skips_refusals(spec):
 
 
 @pytest.mark.parametrize("method,lora", [("dpo", 8), ("sft", 0)])
-def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lora):
+def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lora, capfd):
     from cada.models import LocalGenerator, SamplingParams
     from cada.train import TrainConfig, train
 
@@ -121,8 +121,13 @@ def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lor
                rec("c", "benign", 0, "comply", 1.0, category="none"), rec("c", "benign", 1, "refuse", -1.0)]
     rows = dpo_pairs(records, spec)[0] if method == "dpo" else sft_set(records, spec, "cr")[0]
     model_dir = train(tiny_model, rows, tmp_path / "run", TrainConfig(method=method, lora_r=lora, batch_size=2,
-                                                                     report_to="none", max_length=256))
+                                                                     report_to="none", max_length=256,
+                                                                     logging_steps=1))
     assert (model_dir / "config.json").is_file()
+    # the training log goes to a file, not to stdout (transformers' tqdm bar prints every log dict there)
+    log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert log and all(isinstance(r["step"], int) for r in log) and any("loss" in r for r in log)
+    assert "'loss'" not in capfd.readouterr().out
     info = json.loads((tmp_path / "run" / "train_info.json").read_text())
     assert info["steps"] >= 1 and info["examples"] == len(rows)
     assert (tmp_path / "run" / "adapter").is_dir() == bool(lora)

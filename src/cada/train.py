@@ -165,12 +165,53 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
         trainer = GRPOTrainer(model=policy, reward_funcs=reward_funcs or [safety_reward, format_reward],
                               args=targs, train_dataset=dataset, processing_class=tokenizer,
                               peft_config=_peft(config))
+    _quiet_progress(trainer, output)
     result = trainer.train()
     seconds = time.perf_counter() - t0
     return _save(trainer, tokenizer, output, config, {"train_seconds": round(seconds, 1),
                                                       "examples": len(dataset), "base_model": str(model),
                                                       "steps": result.global_step,
                                                       "train_loss": round(result.training_loss, 4)})
+
+
+def _quiet_progress(trainer, output: Path) -> None:
+    """Swap transformers' tqdm bar, which also prints every log dict to stdout, for the rich bar every cada stage
+    shows (with the latest loss); the log dicts go to ``output/train_log.jsonl`` (one JSON object per line)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from cada.models.generate import progress_bar
+
+    class RichProgress(TrainerCallback):
+        bar = task = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = progress_bar(disable=bool(args.disable_tqdm))
+                self.bar.start()
+                self.task = self.bar.add_task("training", total=state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
+            with (output / "train_log.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.bar is not None and isinstance(logs.get("loss"), (int, float)):
+                self.bar.update(self.task, description=f"training (loss {logs['loss']:.3g})")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.stop()
+                self.bar = None
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(RichProgress())
 
 
 def _freeze_below(model, top: int) -> None:
