@@ -111,6 +111,8 @@ def _dataset(path_or_rows):
     path = Path(path_or_rows)
     if not path.is_file():
         raise CadaError(f"{path}: training data not found")
+    if not path.read_text(encoding="utf-8").strip():
+        raise CadaError(f"{path}: the training set is empty: nothing to train on")
     return load_dataset("json", data_files=str(path), split="train")
 
 
