@@ -111,7 +111,9 @@ def _dataset(path_or_rows):
     path = Path(path_or_rows)
     if not path.is_file():
         raise CadaError(f"{path}: training data not found")
-    if not path.read_text(encoding="utf-8").strip():
+    with path.open(encoding="utf-8") as f:
+        empty = not any(line.strip() for line in f)  # stops at the first row
+    if empty:
         raise CadaError(f"{path}: the training set is empty: nothing to train on")
     return load_dataset("json", data_files=str(path), split="train")
 
