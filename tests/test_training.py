@@ -261,3 +261,19 @@ def test_an_empty_training_file_is_a_clear_error(tmp_path):
     empty.write_text("\n")
     with pytest.raises(CadaError, match=r"pairs\.jsonl: the training set is empty"):
         train("tiny-random", empty, tmp_path / "run", TrainConfig(method="dpo"))
+
+
+def test_training_args_use_the_current_checkpointing_option(tmp_path):
+    import warnings
+
+    import torch
+    from trl import DPOConfig
+
+    from cada.train import TrainConfig, _common_args
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gradient_checkpointing.*deprecated")
+        args = DPOConfig(**_common_args(TrainConfig(), tmp_path))
+        mine = DPOConfig(**_common_args(TrainConfig(extra={"activation_checkpointing": True}), tmp_path))
+    assert args.gradient_checkpointing is torch.cuda.is_available()  # off on the CPU: it only costs time there
+    assert mine.gradient_checkpointing is True

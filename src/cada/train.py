@@ -11,7 +11,7 @@ import importlib.util
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from cada.errors import CadaError
@@ -53,14 +53,12 @@ class TrainConfig:
 
 def load_train_config(path: str | Path) -> dict:
     """TrainConfig fields from a YAML file (e.g. ``configs/grpo-vllm.yaml``), with one-line errors naming the file."""
-    import dataclasses
-
     from cada.errors import read_yaml_file
 
     data = read_yaml_file(path)
     if not isinstance(data, dict):
         raise CadaError(f"{path}: expected a mapping of TrainConfig fields")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise CadaError(f"{path}: unknown field {unknown[0]!r} (TrainConfig fields: {', '.join(sorted(known))}; "
@@ -76,6 +74,13 @@ def _report_to(value: str) -> str:
     return value
 
 
+def _checkpointing_option() -> str:
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def _common_args(cfg: TrainConfig, output: Path) -> dict:
     import torch
 
@@ -87,9 +92,11 @@ def _common_args(cfg: TrainConfig, output: Path) -> dict:
                 report_to=_report_to(cfg.report_to), save_strategy="epoch",
                 save_total_limit=1, warmup_steps=cfg.warmup_ratio,  # < 1: a ratio of all steps
                 lr_scheduler_type="cosine", bf16=bf16,
-                use_cpu=not cuda, dataloader_num_workers=0,
-                # checkpointing trades compute for GPU memory; on the CPU it only costs time
-                gradient_checkpointing=cuda)
+                use_cpu=not cuda, dataloader_num_workers=0)
+    # checkpointing trades compute for GPU memory; on the CPU it only costs time. transformers 5.x renamed the
+    # option (the old name warns on every run); a user's own setting in `extra`, under either name, wins
+    if not {"gradient_checkpointing", "activation_checkpointing"} & set(cfg.extra):
+        args[_checkpointing_option()] = cuda
     args.update(cfg.extra)
     return args
 
