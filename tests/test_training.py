@@ -119,15 +119,23 @@ def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lor
 
     records = [rec("a", "harmful", 0, "comply", -1.0), rec("a", "harmful", 1, "refuse", 1.0),
                rec("c", "benign", 0, "comply", 1.0, category="none"), rec("c", "benign", 1, "refuse", -1.0)]
+    from transformers.utils import logging as hf_logging
+
     rows = dpo_pairs(records, spec)[0] if method == "dpo" else sft_set(records, spec, "cr")[0]
-    model_dir = train(tiny_model, rows, tmp_path / "run", TrainConfig(method=method, lora_r=lora, batch_size=2,
-                                                                     report_to="none", max_length=256,
-                                                                     logging_steps=1))
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # as the cada CLI does; transformers then turns its own progress bar off
+    try:
+        model_dir = train(tiny_model, rows, tmp_path / "run", TrainConfig(method=method, lora_r=lora, batch_size=2,
+                                                                         report_to="none", max_length=256,
+                                                                         logging_steps=1))
+    finally:
+        hf_logging.set_verbosity(level)
     assert (model_dir / "config.json").is_file()
     # the training log goes to a file, not to stdout (transformers' tqdm bar prints every log dict there)
     log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert log and all(isinstance(r["step"], int) for r in log) and any("loss" in r for r in log)
-    assert "'loss'" not in capfd.readouterr().out
+    out = capfd.readouterr()
+    assert "'loss'" not in out.out and "training (loss" in out.err
     info = json.loads((tmp_path / "run" / "train_info.json").read_text())
     assert info["steps"] >= 1 and info["examples"] == len(rows)
     assert (tmp_path / "run" / "adapter").is_dir() == bool(lora)

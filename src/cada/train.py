@@ -198,7 +198,8 @@ def _quiet_progress(trainer, output: Path) -> None:
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                self.bar = progress_bar(disable=bool(args.disable_tqdm))
+                # not tied to args.disable_tqdm: that follows the transformers log level, which cada's CLI lowers
+                self.bar = progress_bar()
                 self.bar.start()
                 self.task = self.bar.add_task("training", total=state.max_steps)
 
