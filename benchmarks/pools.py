@@ -42,7 +42,7 @@ def label_rule_check(pools) -> dict:
     from cada.spec import load_spec
 
     spec = load_spec()
-    known = [p for p in pools.prompts if p.source in ("do_not_answer", "coconot_contrast")]
+    known = [p for p in pools.prompts if p.source in P.LABEL_REFERENCE_SOURCES]
     emb = P._embed_cached([p.base_prompt for p in known])
     case_sims = emb @ P._embed_cached([c.request for c in spec.cases]).T
     case_harmful = [c.verdict in P.HARMFUL_VERDICTS for c in spec.cases]
@@ -57,7 +57,7 @@ def label_rule_check(pools) -> dict:
     for name, labels in rules.items():
         out[name] = {src: round(sum(lab == "harmful" for p, lab in zip(known, labels) if p.source == src)
                                 / sum(p.source == src for p in known), 3)
-                     for src in ("do_not_answer", "coconot_contrast")}
+                     for src in sorted(P.LABEL_REFERENCE_SOURCES)}
     return {"share_labelled_harmful": out, "k": P.LABEL_K, "floor": P.LABEL_FLOOR,
             "note": "ideal: do_not_answer 1.0, coconot_contrast 0.0"}
 
