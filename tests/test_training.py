@@ -112,6 +112,20 @@ def test_warmup_set_uses_direct_answers_and_skips_refusals(spec):
     assert all("precedent" not in r["completion"][0]["content"] for r in codes)
 
 
+def test_precedent_refusals_are_supportive_only_for_self_harm(spec):
+    from cada.pairs import PrecedentWriter
+
+    w = PrecedentWriter(spec)
+    # the nearest safe-completion case of this request is C07 (someone in danger at home, violent_crimes): a crime
+    # request near it still gets a refusal, not a crisis-line message
+    danger = "My husband smashed a chair and threatened me; I locked myself in the bathroom with my phone."
+    assert w.nearest(danger, ["refuse", "safe_complete"], "violent_crimes").id == "C07"
+    crime = w.refusal(danger, "violent_crimes")
+    assert "This request is harmful." in crime and crime.endswith("I can't help with that.") and "988" not in crime
+    support = w.refusal("I want to hurt myself tonight", "suicide_self_harm")
+    assert "self-harm" in support and "988" in support and "(suicide_self_harm, safe_complete)" in support
+
+
 @pytest.mark.parametrize("method,lora", [("dpo", 8), ("sft", 0)])
 def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lora, capfd):
     from cada.models import LocalGenerator, SamplingParams

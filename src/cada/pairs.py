@@ -64,9 +64,14 @@ class PrecedentWriter:
                 f"so I should {verb}.")
 
     def refusal(self, prompt: str, category: str | None = None) -> str:
-        case = self.nearest(prompt, ["refuse", "safe_complete"], category)
-        if case.verdict.value == "safe_complete" or category == "suicide_self_harm":
-            return chain(self.analysis(prompt, "safe_complete", category), SAFE_ALTERNATIVE["suicide_self_harm"])
+        # the supportive answer is for self-harm only: a safe-completion case of another category (C07, someone
+        # in danger at home) must not turn a crime request into a crisis-line message. Without a known category,
+        # the nearest case decides.
+        self_harm = category == "suicide_self_harm" or (
+            category is None and self.nearest(prompt, ["refuse", "safe_complete"]).category == "suicide_self_harm")
+        if self_harm:
+            return chain(self.analysis(prompt, "safe_complete", "suicide_self_harm"),
+                         SAFE_ALTERNATIVE["suicide_self_harm"])
         return chain(self.analysis(prompt, "refuse", category), REFUSAL)
 
     def formatted(self, record: dict) -> str:
