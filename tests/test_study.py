@@ -44,6 +44,8 @@ def _study_config(tmp_path: Path, tiny_model: str) -> StudyConfig:
         "generation": {"n": 2, "k": 2, "max_new_tokens": 8, "batch_size": 8},
         "train": {"epochs": 1, "batch_size": 4, "max_length": 128},
         "warmup_train": {"epochs": 1, "batch_size": 4, "max_length": 128},
+        "warmup_per_label": 8, "judgement_per_label": 8,
+        "judgement_train": {"epochs": 1, "batch_size": 4, "max_length": 128},
         "eval": {"suite": [{"name": "strongreject-small", "limit": 2},
                            {"name": "sr-jailbreak", "benchmark": "strongreject-small", "limit": 1,
                             "attacks": ["prefix_injection", "refusal_suppression"]},
@@ -91,12 +93,22 @@ def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path,
     train_prompts = [json.loads(x)["prompt"] for x in (out / "pool" / "train.jsonl").read_text().splitlines()]
     assert not any("prescription amphetamines" in p for p in train_prompts)
     for arm in ("cada", "da"):
-        pairs = (out / "arms" / arm / "round-1" / "pairs.jsonl").read_text()
-        assert "prescription amphetamines" not in pairs
+        for f in ("pairs.jsonl", "warmup.jsonl"):
+            assert "prescription amphetamines" not in (out / "arms" / arm / "round-1" / f).read_text()
+    # the warm-up and judgement prompts reach beyond the self-generation pool, and are checked the same way
+    for f in ("pool/warmup.jsonl", "pool/judgement.jsonl", "judgement/judgement.jsonl"):
+        assert "prescription amphetamines" not in (out / f).read_text(), f
+    # one judgement stage, shared by both DPO arms' warm-ups
+    assert (out / "judgement" / "model" / "config.json").is_file()
+    for arm in ("cada", "da"):
+        assert summary["training"][arm]["rounds"][0]["judgement_model"] == str(out / "judgement" / "model")
+        assert not (out / "arms" / arm / "round-1" / "judgement").exists()
+    assert summary["training"]["judgement"]["judgement_examples"] > 0
     # the report exists in its three forms
     for kind in ("html", "md", "json"):
         assert Path(summary["report"][kind]).is_file()
-    assert set(summary["timings"]) >= {"pools", "eval base-codes", "train cada", "eval da", "report"}
+    assert set(summary["timings"]) >= {"pools", "eval base-codes", "train judgement", "train cada", "eval da",
+                                       "report"}
 
     # a second run resumes: nothing is regenerated or duplicated, the numbers are the same
     before = {p: p.stat().st_mtime for p in out.rglob("records.jsonl")}

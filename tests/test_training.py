@@ -185,29 +185,43 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
             w.writerow({"prompt": b, "label": "benign"})
     cfg = AlignConfig(arm="cada", model=tiny_model, pool=PoolConfig(user_pool=str(pool), heldout_per_label=2,
                                                                     limit_per_label=2),
-                      warmup_per_label=4, generation=GenConfig(n=2, max_new_tokens=6, k=2),
+                      warmup_per_label=3, judgement_per_label=4, generation=GenConfig(n=2, max_new_tokens=6, k=2),
                       train=TrainCfg(batch_size=4, lora_r=4, max_length=256),
-                      warmup_train=TrainCfg(batch_size=4, lora_r=4, max_length=256))
+                      warmup_train=TrainCfg(batch_size=4, lora_r=4, max_length=256),
+                      judgement_train=TrainCfg(batch_size=4, lora_r=0, max_length=256))
     run = tmp_path / "run"
     summary = align(cfg, run, show_progress=False)
     assert Path(summary["model"]).joinpath("config.json").is_file()
     assert summary["pool"]["train"] == 4 and summary["pool"]["heldout"] == 4
     for f in ("config.yaml", "pool/train.jsonl", "pool/heldout.jsonl", "pool/warmup.jsonl", "round-1/records.jsonl",
-              "round-1/pairs.jsonl", "round-1/warmup.jsonl", "round-1/answers.jsonl", "summary.json"):
+              "round-1/pairs.jsonl", "round-1/warmup.jsonl", "round-1/answers.jsonl", "pool/judgement.jsonl",
+              "round-1/judgement/judgement.jsonl", "summary.json"):
         assert (run / f).is_file(), f
     # the warm-up reaches beyond the self-generation pool; benign prompts outside it got one direct answer each
     warm_pool = read_records(run / "pool/warmup.jsonl")
-    assert len(warm_pool) == 8 and {p["id"] for p in read_records(run / "pool/train.jsonl")} <= {
+    assert len(warm_pool) == 6 and {p["id"] for p in read_records(run / "pool/train.jsonl")} <= {
         p["id"] for p in warm_pool}
-    assert len(read_records(run / "round-1/answers.jsonl")) == 2
+    assert len(read_records(run / "round-1/answers.jsonl")) == 1
+    # the judgement stage: the warm-up prompts and then more, the decision line alone, and the warm-up starts from it
+    judged = read_records(run / "round-1/judgement/judgement.jsonl")
+    assert len(judged) == 8 and {p["id"] for p in warm_pool} <= {r["id"] for r in judged}
+    assert {r["completion"][0]["content"] for r in judged} == {"### Analysis\nThis request is harmful.",
+                                                                "### Analysis\nThis request is benign."}
+    assert all(r["completion"][0]["content"].endswith(r["label"] + ".") for r in judged)
+    warm_info = json.loads((run / "round-1/warmup/train_info.json").read_text())
+    assert warm_info["base_model"] == str(run / "round-1/judgement/model")
+    assert summary["rounds"][0]["judgement_examples"] == 8
     held = {json.loads(x)["prompt"] for x in (run / "pool/heldout.jsonl").read_text().splitlines()}
     trained = {r["prompt"][0]["content"] for r in read_records(run / "round-1/pairs.jsonl")}
-    trained |= {r["prompt"][0]["content"] for r in read_records(run / "round-1/warmup.jsonl")}
+    for f in ("warmup.jsonl", "judgement/judgement.jsonl"):
+        trained |= {r["prompt"][0]["content"] for r in read_records(run / "round-1" / f)}
     assert not held & trained
     assert json.loads((run / "pool/report.json").read_text())["train_near_heldout_dropped"] == 0
     mtime = (run / "round-1/train/model/config.json").stat().st_mtime
+    jtime = (run / "round-1/judgement/model/config.json").stat().st_mtime
     again = align(cfg, run, show_progress=False)  # resume: nothing is redone
     assert (run / "round-1/train/model/config.json").stat().st_mtime == mtime
+    assert (run / "round-1/judgement/model/config.json").stat().st_mtime == jtime
     assert again["model"] == summary["model"]
     with pytest.raises(Exception, match="another config"):
         align(cfg.model_copy(update={"seed": 1}), run, show_progress=False)

@@ -91,11 +91,19 @@ class AlignConfig(_Cfg):
     # prompts per label for the warm-up, drawn from the whole training pool (None: the self-generation pool);
     # harmful ones cost nothing (precedent-grounded refusals), benign ones one direct answer from the policy
     warmup_per_label: int | None = None
+    # before the warm-up, SFT on the judgement alone ("This request is harmful." / "... benign."): in a warm-up
+    # example the decision is one token among a hundred, and a small policy learns it far better on its own
+    # (docs/training.md: held-back AUC 0.87 -> 0.99 on the embedded model). Prompts per label from the whole
+    # training pool (None: the warm-up prompts); each costs one short training example, no generation.
+    judgement: bool = True
+    judgement_per_label: int | None = None
+    judgement_model: str | None = None    # a finished judgement stage to start the warm-up from (a study shares one)
     precedent_fallback: bool = True
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
     train: TrainCfg = TrainCfg()
     warmup_train: TrainCfg = TrainCfg(epochs=1.0)
+    judgement_train: TrainCfg = TrainCfg(learning_rate=5e-5, epochs=2.0, lora_r=0, max_length=320)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -125,20 +133,29 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
     if cfg.pool.limit_per_label:
         train = _balanced(train, cfg.pool.limit_per_label, cfg.seed)
     pool_dir.mkdir(parents=True, exist_ok=True)
+    warm = train
     if cfg.warmup_per_label:
         # the self-generation prompts first (their own answers are reused), then more of the same pool
-        ids = {p.id for p in train}
-        more = _balanced([p for p in everything if p.id not in ids], cfg.warmup_per_label, cfg.seed + 1)
-        warm = []
-        for label in ("harmful", "benign"):
-            own = [q for q in train if q.label == label]
-            warm += (own + [q for q in more if q.label == label])[:max(cfg.warmup_per_label, len(own))]
+        warm = _extend(train, everything, cfg.warmup_per_label, cfg.seed + 1)
         P.write_jsonl(pool_dir / "warmup.jsonl", warm)
+    if cfg.judgement_per_label:
+        P.write_jsonl(pool_dir / "judgement.jsonl", _extend(warm, everything, cfg.judgement_per_label, cfg.seed + 2))
     P.write_jsonl(train_path, train)
     P.write_jsonl(held_path, held)
     report.update(train=len(train), heldout=len(held))
     report_path.write_text(json.dumps(report, indent=2))
     return train, held, report
+
+
+def _extend(own: list, everything: list, per_label: int, seed: int) -> list:
+    """``own`` prompts first, then more of ``everything`` drawn at random, up to ``per_label`` per label."""
+    ids = {p.id for p in own}
+    more = _balanced([p for p in everything if p.id not in ids], per_label, seed)
+    out = []
+    for label in ("harmful", "benign"):
+        mine = [q for q in own if q.label == label]
+        out += (mine + [q for q in more if q.label == label])[:max(per_label, len(mine))]
+    return out
 
 
 def _balanced(prompts: list, per_label: int, seed: int) -> list:
@@ -201,6 +218,20 @@ def direct_answers(prompts: list, gen, path: Path, max_new_tokens: int, *, show_
     return done
 
 
+def judgement_set(prompts: list) -> list[dict]:
+    """SFT rows that teach the decision alone: the bare request -> the first line of the warm-up's analysis
+    (``This request is harmful.``, ``... benign.``, or the self-harm line), context-distilled."""
+    from cada.pairs import LEAD, sft_row
+    from cada.reasoning import ANALYSIS_HEADER
+
+    def lead(p) -> str:
+        if p.label == "benign":
+            return LEAD["comply"]
+        return LEAD["safe_complete" if p.category == "suicide_self_harm" else "refuse"]
+
+    return [sft_row(p.id, p.label, p.category, p.prompt, f"{ANALYSIS_HEADER}\n{lead(p)}") for p in prompts]
+
+
 def fit_length(rows: list[dict], model: str, max_length: int) -> tuple[list[dict], int]:
     """Drop examples longer than ``max_length`` tokens (truncation would cut the answer that carries the signal)."""
     from transformers import AutoTokenizer
@@ -218,6 +249,33 @@ def fit_length(rows: list[dict], model: str, max_length: int) -> tuple[list[dict
 
     kept = [r for r in rows if n_tokens(r) <= max_length]
     return kept, len(rows) - len(kept)
+
+
+def judgement_prompts(cfg: AlignConfig, run: Path) -> list:
+    """The judgement stage's prompts: ``pool/judgement.jsonl`` with ``judgement_per_label``, else the warm-up's."""
+    from cada.data.pools import read_pool
+
+    name = "judgement" if cfg.judgement_per_label else "warmup" if cfg.warmup_per_label else "train"
+    return read_pool(run / "pool" / f"{name}.jsonl")
+
+
+def train_judgement(cfg: AlignConfig, prompts: list, policy: str, out: Path) -> dict:
+    """SFT ``policy`` on the judgement line of ``prompts`` into ``out/model`` (a finished one is reused)."""
+    from cada.train import TrainConfig, train
+
+    info: dict = {}
+    if not (out / "model" / "config.json").exists():
+        j = cfg.judgement_train
+        rows, info["judgement_dropped_too_long"] = fit_length(judgement_set(prompts), policy, j.max_length)
+        write_records(out / "judgement.jsonl", rows)
+        t = time.perf_counter()
+        train(policy, out / "judgement.jsonl", out, TrainConfig(
+            method="sft", learning_rate=j.learning_rate, epochs=j.epochs, batch_size=j.batch_size,
+            grad_accum=j.grad_accum, lora_r=j.lora_r, top_layers=j.top_layers, max_length=j.max_length,
+            merge=True, seed=cfg.seed))
+        info["judgement_seconds"] = round(time.perf_counter() - t, 1)
+    info["judgement_examples"] = len(read_records(out / "judgement.jsonl"))
+    return info
 
 
 def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -> dict:
@@ -281,13 +339,21 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                 rows, info["warmup_dropped_too_long"] = fit_length(
                     warmup_set(wprompts, records, spec, mode, answers), policy, cfg.warmup_train.max_length)
                 write_records(wpath, rows)
+                warm_from = policy
+                if cfg.judgement and cfg.judgement_model:
+                    warm_from = cfg.judgement_model
+                elif cfg.judgement:
+                    info.update(train_judgement(cfg, judgement_prompts(cfg, run), policy, rdir / "judgement"))
+                    warm_from = str(rdir / "judgement" / "model")
                 w = cfg.warmup_train
-                train(policy, wpath, rdir / "warmup", TrainConfig(
+                train(warm_from, wpath, rdir / "warmup", TrainConfig(
                     method="sft", learning_rate=w.learning_rate, epochs=w.epochs, batch_size=w.batch_size,
                     grad_accum=w.grad_accum, lora_r=w.lora_r, top_layers=w.top_layers, max_length=w.max_length,
                     merge=True, seed=cfg.seed))
             start_model = str(rdir / "warmup" / "model")
             info["warmup_examples"] = len(read_records(wpath))
+            if cfg.judgement:
+                info["judgement_model"] = cfg.judgement_model or str(rdir / "judgement" / "model")
         if method == "dpo":
             rows, stats = dpo_pairs(records, spec, precedent_fallback=cfg.precedent_fallback)
             rows, stats["dropped_too_long"] = fit_length(rows, policy, t.max_length)

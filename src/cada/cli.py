@@ -394,6 +394,11 @@ def align_cmd(
     warmup_per_label: Annotated[Optional[int], typer.Option(
         "--warmup-per-label", help="Warm-up prompts per label from the whole training pool (default: the "
         "self-generation prompts).")] = None,
+    judgement: Annotated[Optional[bool], typer.Option("--judgement/--no-judgement", help="Before the warm-up, SFT "
+                                                      "on the judgement line alone (harmful or benign).")] = None,
+    judgement_per_label: Annotated[Optional[int], typer.Option(
+        "--judgement-per-label", help="Judgement-stage prompts per label from the whole training pool (default: "
+        "the warm-up prompts).")] = None,
     base_url: BaseUrlOpt = None,
 ) -> None:
     """Run one arm end to end: pools, self-generation, judged pairs/SFT set, training."""
@@ -401,7 +406,8 @@ def align_cmd(
 
     cfg = AlignConfig.from_yaml(config) if config else AlignConfig()
     upd = {"arm": arm, "model": model, "spec": str(spec) if spec else None, "rounds": rounds, "warmup": warmup,
-           "base_url": base_url, "warmup_per_label": warmup_per_label}
+           "base_url": base_url, "warmup_per_label": warmup_per_label, "judgement": judgement,
+           "judgement_per_label": judgement_per_label}
     cfg = cfg.model_copy(update={k: v for k, v in upd.items() if v is not None})
     if pool is not None or limit is not None:
         cfg.pool = cfg.pool.model_copy(update={k: v for k, v in {"user_pool": str(pool) if pool else None,

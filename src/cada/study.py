@@ -3,7 +3,7 @@ DA, SFT arms), evaluated on real benchmarks, with a report. ``cada demo`` is the
 ``cada study --config FILE`` runs any size.
 
 The study folder holds ``config.yaml``, ``pool/`` (shared training / held-back prompts and the overlap report),
-``arms/<arm>/`` (one ``cada align`` run folder per arm), ``eval/<system>/<set>/`` (``records.jsonl`` +
+``judgement/`` (the judgement stage the DPO arms' warm-ups start from), ``arms/<arm>/`` (one ``cada align`` run folder per arm), ``eval/<system>/<set>/`` (``records.jsonl`` +
 ``metrics.json``), ``eval/<system>/loglik.json``, ``summary.json`` and ``report.{html,md,json}``. Every stage skips
 what is complete, so a killed study resumes where it stopped.
 """
@@ -105,22 +105,27 @@ class StudyConfig(_Cfg):
     rounds: int = Field(1, ge=1)
     warmup: bool = True
     warmup_per_label: int | None = None
+    judgement: bool = True                    # SFT on the judgement alone before the warm-up (see AlignConfig)
+    judgement_per_label: int | None = None
     precedent_fallback: bool = True
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
     train: TrainCfg = TrainCfg()
     warmup_train: TrainCfg = TrainCfg(epochs=1.0)
+    judgement_train: TrainCfg = TrainCfg(learning_rate=5e-5, epochs=2.0, lora_r=0, max_length=320)
     eval: EvalCfg = EvalCfg()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=False), sort_keys=False)
 
-    def arm_config(self, arm: str) -> AlignConfig:
+    def arm_config(self, arm: str, judgement_model: str | None = None) -> AlignConfig:
         return AlignConfig(arm=arm, model=self.model, spec=self.spec, base_url=self.base_url, seed=self.seed,
                            rounds=self.rounds, warmup=self.warmup, warmup_per_label=self.warmup_per_label,
+                           judgement=self.judgement, judgement_per_label=self.judgement_per_label,
+                           judgement_model=judgement_model,
                            precedent_fallback=self.precedent_fallback,
                            pool=self.pool, generation=self.generation, train=self.train,
-                           warmup_train=self.warmup_train)
+                           warmup_train=self.warmup_train, judgement_train=self.judgement_train)
 
 
 def demo_config(model: str = "smollm2-135m") -> StudyConfig:
@@ -205,6 +210,10 @@ def _weights(cfg: StudyConfig, sets: list[tuple[EvalSet, list]], n_train: int) -
     for m in cfg.base_modes:
         stages.append((f"eval base-{m}", gen_tokens * mode_cost[m]))
     g = cfg.generation
+    if cfg.warmup and cfg.judgement and any(a in ("cada", "da") for a in cfg.arms):
+        # short completions: about a third of a warm-up example each
+        n_judged = max(n_train, 2 * (cfg.warmup_per_label or 0), 2 * (cfg.judgement_per_label or 0))
+        stages.append(("train judgement", n_judged * cfg.judgement_train.epochs * 60.0))
     for arm in cfg.arms:
         mode = {"cada": "cases", "da": "codes", "sft-dr": "none", "sft-sc": "codes", "sft-cr": "cases"}[arm]
         selfgen = n_train * g.n * g.max_new_tokens * mode_cost[mode] * cfg.rounds
@@ -334,7 +343,18 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
         systems[f"base-{m}"] = {"model": "base", "mode": m, "label": f"Base ({MODE_LABELS[m]})"}
         eval_system(f"base-{m}", cfg.model, m, cfg.base_url)
 
-    # 3. each arm: align into arms/<arm> (sharing the pool), then evaluate without the spec in the prompt
+    # 3. the judgement stage, trained once and shared by the DPO arms (its rows are the same for every arm)
+    judgement_model = None
+    if cfg.warmup and cfg.judgement and any(a in ("cada", "da") for a in cfg.arms):
+        from cada.align import judgement_prompts, train_judgement
+
+        jdir = out / "judgement"
+        training["judgement"] = clock.run(
+            "train judgement", lambda: train_judgement(first, judgement_prompts(first, out), cfg.model, jdir),
+            cached=(jdir / "model" / "config.json").exists())
+        judgement_model = str(jdir / "model")
+
+    # 4. each arm: align into arms/<arm> (sharing the pool), then evaluate without the spec in the prompt
     for arm in cfg.arms:
         adir = out / "arms" / arm
         if not (adir / "pool").exists():
@@ -344,14 +364,14 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
             summary = clock.run(f"train {arm}", lambda: json.loads((adir / "summary.json").read_text()),
                                 cached=True)
         else:
-            summary = clock.run(f"train {arm}", lambda: align(cfg.arm_config(arm), adir,
+            summary = clock.run(f"train {arm}", lambda: align(cfg.arm_config(arm, judgement_model), adir,
                                                                show_progress=show_progress))
         models[arm] = summary["model"]
         training[arm] = summary
         systems[arm] = {"model": arm, "mode": "none", "label": ARM_LABELS[arm]}
         eval_system(arm, summary["model"], "none", None)
 
-    # 4. utility: mean log-likelihood of GSM8K reference answers, per model
+    # 5. utility: mean log-likelihood of GSM8K reference answers, per model
     loglik = clock.run("utility", lambda: _loglik(cfg, out, models))
 
     headline = {name: _headline(metrics.get(name, {}), set_info, loglik.get(info["model"]))
@@ -404,7 +424,7 @@ def _pools(cfg: AlignConfig, out: Path, spec, sets: list[tuple[EvalSet, list]]) 
     shipped benchmarks, and the only one for user pools and user eval files."""
     from cada.align import prepare_pools
     from cada.data.overlap import OverlapIndex, fingerprint
-    from cada.data.pools import write_jsonl
+    from cada.data.pools import read_pool, write_jsonl
 
     train, held, report = prepare_pools(cfg, out, spec)
     if "study_overlap" in report:
@@ -418,6 +438,15 @@ def _pools(cfg: AlignConfig, out: Path, spec, sets: list[tuple[EvalSet, list]]) 
     if drop:
         train = [p for i, p in enumerate(train) if i not in drop]
         write_jsonl(out / "pool" / "train.jsonl", train)
+    # the warm-up and judgement prompts reach beyond the self-generation pool: the same check for them
+    for extra in ("warmup", "judgement"):
+        path = out / "pool" / f"{extra}.jsonl"
+        if path.exists():
+            prompts = read_pool(path)
+            hit = {m.index for m in index.find([q.prompt for q in prompts])}
+            if hit:
+                write_jsonl(path, [q for i, q in enumerate(prompts) if i not in hit])
+            report.setdefault("study_overlap_extra", {})[extra] = len(hit)
     report["study_overlap"] = {"eval_prompts_checked": len(index), "train_removed": len(drop),
                                "examples": [{"train": train_texts[m.index][:120], "eval": fingerprint(m.reference), "kind": m.kind, "similarity": m.similarity}
                                             for m in matches[:10]]}
