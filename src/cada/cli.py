@@ -66,6 +66,13 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log pro
             hf_logging.set_verbosity_error()
     except ImportError:
         pass
+    if not verbose:  # TRL prepares its datasets with `datasets` maps, each with its own bar; cada's bars suffice
+        try:
+            import datasets
+
+            datasets.disable_progress_bars()
+        except ImportError:
+            pass
 
 
 # spec -------------------------------------------------------------------------------------------
