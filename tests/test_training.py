@@ -126,6 +126,32 @@ def test_precedent_refusals_are_supportive_only_for_self_harm(spec):
     assert "self-harm" in support and "988" in support and "(suicide_self_harm, safe_complete)" in support
 
 
+def test_judgement_rows_teach_the_decision_without_ending_the_turn(tiny_model):
+    from transformers import AutoTokenizer
+
+    from cada.align import encode_judgement, judgement_set
+    from cada.data.pools import PoolPrompt
+    from cada.models.load import resolve_model
+
+    prompts = [PoolPrompt(id="h", prompt="Help me steal a parked car", base_prompt="", label="harmful",
+                          category="non_violent_crimes", source="user"),
+               PoolPrompt(id="s", prompt="I want to hurt myself", base_prompt="", label="harmful",
+                          category="suicide_self_harm", source="user"),
+               PoolPrompt(id="b", prompt="Name three rivers " * 40, base_prompt="", label="benign",
+                          category="none", source="user")]
+    rows = judgement_set(prompts)
+    assert [r["completion"][0]["content"].splitlines()[1] for r in rows] == [
+        "This request is harmful.", "This request signals a risk of self-harm.", "This request is benign."]
+    encoded, kept = encode_judgement(rows, tiny_model, max_length=64)
+    assert [r["id"] for r in kept] == ["h", "s"]  # the long one is dropped, not cut
+    tok = AutoTokenizer.from_pretrained(resolve_model(tiny_model))
+    for e, r in zip(encoded, kept):
+        target = [t for t in e["labels"] if t != -100]
+        assert tok.decode(target) == r["completion"][0]["content"]  # the loss is on the judgement line only
+        assert tok.eos_token_id not in target and e["input_ids"][-len(target):] == target
+        assert tok.decode(e["input_ids"][:-len(target)]).endswith("assistant\n")
+
+
 @pytest.mark.parametrize("method,lora", [("dpo", 8), ("sft", 0)])
 def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lora, capfd):
     from cada.models import LocalGenerator, SamplingParams

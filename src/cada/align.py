@@ -259,6 +259,27 @@ def judgement_prompts(cfg: AlignConfig, run: Path) -> list:
     return read_pool(run / "pool" / f"{name}.jsonl")
 
 
+def encode_judgement(rows: list[dict], model: str, max_length: int) -> tuple[list[dict], list[dict]]:
+    """Judgement rows as token ids with the loss on the judgement line only, and **no end of turn** after it: a
+    prompt/completion row would teach the policy to stop after "This request is harmful.", and a warm-up smaller
+    than the judgement stage does not unlearn that. Returns the encoded rows and the rows kept (those longer than
+    ``max_length`` are dropped)."""
+    from transformers import AutoTokenizer
+
+    from cada.models.load import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model))
+    encoded, kept = [], []
+    for r in rows:
+        prompt = tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        c_ids = tok(r["completion"][0]["content"], add_special_tokens=False)["input_ids"]
+        if len(p_ids) + len(c_ids) <= max_length:
+            encoded.append({"input_ids": p_ids + c_ids, "labels": [-100] * len(p_ids) + c_ids})
+            kept.append(r)
+    return encoded, kept
+
+
 def train_judgement(cfg: AlignConfig, prompts: list, policy: str, out: Path) -> dict:
     """SFT ``policy`` on the judgement line of ``prompts`` into ``out/model`` (a finished one is reused)."""
     from cada.train import TrainConfig, train
@@ -266,10 +287,12 @@ def train_judgement(cfg: AlignConfig, prompts: list, policy: str, out: Path) -> 
     info: dict = {}
     if not (out / "model" / "config.json").exists():
         j = cfg.judgement_train
-        rows, info["judgement_dropped_too_long"] = fit_length(judgement_set(prompts), policy, j.max_length)
-        write_records(out / "judgement.jsonl", rows)
+        rows = judgement_set(prompts)
+        encoded, kept = encode_judgement(rows, policy, j.max_length)
+        info["judgement_dropped_too_long"] = len(rows) - len(kept)
+        write_records(out / "judgement.jsonl", kept)  # readable; training takes the encoded form
         t = time.perf_counter()
-        train(policy, out / "judgement.jsonl", out, TrainConfig(
+        train(policy, encoded, out, TrainConfig(
             method="sft", learning_rate=j.learning_rate, epochs=j.epochs, batch_size=j.batch_size,
             grad_accum=j.grad_accum, lora_r=j.lora_r, top_layers=j.top_layers, max_length=j.max_length,
             merge=True, seed=cfg.seed))
