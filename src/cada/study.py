@@ -140,10 +140,10 @@ def demo_config(model: str = "smollm2-135m") -> StudyConfig:
         # the peak memory laptop-sized
         train=TrainCfg(epochs=1.0, learning_rate=2e-4, max_length=320, batch_size=4, grad_accum=2),
         warmup_train=TrainCfg(epochs=2.0, learning_rate=2e-4, max_length=320, batch_size=8),
-        # the decision needs hundreds of examples, and a judgement row is a short one: 128 prompts per label from
-        # the whole pool, one epoch, trained once for both arms
-        judgement_per_label=128,
-        judgement_train=TrainCfg(epochs=1.0, learning_rate=5e-5, lora_r=0, max_length=320, batch_size=8),
+        # no judgement stage: after one (128 prompts per label, full fine-tuning) the demo's small LoRA warm-up
+        # (48 + 48 examples) left the policy repeating "This request is benign." instead of answering
+        # (docs/training.md); it needs a warm-up of its own size, as in configs/embedded-full.yaml
+        judgement=False,
         eval=EvalCfg(suite="demo", max_new_tokens=64, k=3, loglik_n=16),
     )
 
