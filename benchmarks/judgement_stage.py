@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
@@ -26,16 +25,11 @@ from judgement_auc import auc, scores
 
 
 def _prompts(run: Path, per_label: int) -> tuple[list, list]:
+    from cada.align import _balanced
     from cada.data.pools import read_pool
 
     train, held = read_pool(run / "pool" / "train.jsonl"), read_pool(run / "pool" / "heldout.jsonl")
-    rng = random.Random(0)
-    picked = []
-    for label in ("harmful", "benign"):
-        xs = [p for p in train if p.label == label]
-        rng.shuffle(xs)
-        picked += xs[:per_label]
-    return picked, held
+    return _balanced(train, per_label, 0), held
 
 
 def probe(model_dir: str, train: list, held: list) -> dict:
