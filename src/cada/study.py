@@ -3,9 +3,10 @@ DA, SFT arms), evaluated on real benchmarks, with a report. ``cada demo`` is the
 ``cada study --config FILE`` runs any size.
 
 The study folder holds ``config.yaml``, ``pool/`` (shared training / held-back prompts and the overlap report),
-``judgement/`` (the judgement stage the DPO arms' warm-ups start from), ``arms/<arm>/`` (one ``cada align`` run folder per arm), ``eval/<system>/<set>/`` (``records.jsonl`` +
-``metrics.json``), ``eval/<system>/loglik.json``, ``summary.json`` and ``report.{html,md,json}``. Every stage skips
-what is complete, so a killed study resumes where it stopped.
+``judgement/`` (the judgement stage the DPO arms' warm-ups start from), ``arms/<arm>/`` (one ``cada align`` run
+folder per arm), ``eval/<system>/<set>/`` (``records.jsonl`` + ``metrics.json``), ``eval/<system>/loglik.json``,
+``summary.json`` and ``report.{html,md,json}``. Every stage skips what is complete, so a killed study resumes where
+it stopped.
 """
 
 from __future__ import annotations
@@ -118,6 +119,11 @@ class StudyConfig(_Cfg):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=False), sort_keys=False)
 
+    @property
+    def shared_judgement(self) -> bool:
+        """Whether the study trains one judgement stage for its DPO arms' warm-ups."""
+        return self.warmup and self.judgement and any(a in ("cada", "da") for a in self.arms)
+
     def arm_config(self, arm: str, judgement_model: str | None = None) -> AlignConfig:
         return AlignConfig(arm=arm, model=self.model, spec=self.spec, base_url=self.base_url, seed=self.seed,
                            rounds=self.rounds, warmup=self.warmup, warmup_per_label=self.warmup_per_label,
@@ -214,7 +220,7 @@ def _weights(cfg: StudyConfig, sets: list[tuple[EvalSet, list]], n_train: int) -
     for m in cfg.base_modes:
         stages.append((f"eval base-{m}", gen_tokens * mode_cost[m]))
     g = cfg.generation
-    if cfg.warmup and cfg.judgement and any(a in ("cada", "da") for a in cfg.arms):
+    if cfg.shared_judgement:
         # short completions: about a third of a warm-up example each
         n_judged = max(n_train, 2 * (cfg.warmup_per_label or 0), 2 * (cfg.judgement_per_label or 0))
         stages.append(("train judgement", n_judged * cfg.judgement_train.epochs * 60.0))
@@ -349,7 +355,7 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
 
     # 3. the judgement stage, trained once and shared by the DPO arms (its rows are the same for every arm)
     judgement_model = None
-    if cfg.warmup and cfg.judgement and any(a in ("cada", "da") for a in cfg.arms):
+    if cfg.shared_judgement:
         from cada.align import judgement_prompts, train_judgement
 
         jdir = out / "judgement"
