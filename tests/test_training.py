@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -73,6 +74,34 @@ def test_dpo_pairs_best_vs_worst_with_marked_fallback_and_context_distillation(s
         assert r["prompt"] == [{"role": "user", "content": f"request {r['id']}"}]
     no_fallback, _ = dpo_pairs(records, spec, precedent_fallback=False)
     assert {r["id"] for r in no_fallback} == {"a", "c"}
+
+
+def test_consistency_twins_keep_the_analysis_and_swap_in_the_wrong_answer(spec):
+    records = [
+        rec("a", "harmful", 0, "comply", -1.0), rec("a", "harmful", 1, "refuse", 1.0, fmt=True),
+        rec("b", "harmful", 0, "comply", -1.0), rec("b", "harmful", 1, "comply", -1.0),  # all comply
+        rec("c", "benign", 0, "comply", 1.0, category="none"), rec("c", "benign", 1, "refuse", -1.0),
+        rec("e", "benign", 0, "comply", 1.0, fmt=True, category="none"),
+        rec("e", "benign", 1, "comply", 1.0, category="none"),  # all comply: precedent-written rejected
+        rec("f", "harmful", 0, "refuse", 1.0, fmt=True), rec("f", "harmful", 1, "refuse", 1.0),  # no compliance
+    ]
+    plain, plain_stats = dpo_pairs(records, spec)
+    rows, stats = dpo_pairs(records, spec, consistency=True)
+    twins = [r for r in rows if r["rejected_source"] == "consistency"]
+    assert plain_stats["consistency_pairs"] == 0 and len(rows) == len(plain) + len(twins)
+    assert sorted(r["id"] for r in twins) == ["a", "b", "c", "e"] and stats["consistency_pairs"] == 4
+    assert stats["usable_share"] == plain_stats["usable_share"]  # twins do not count as more usable prompts
+    for t in twins:
+        chosen, rejected = t["chosen"][0]["content"], t["rejected"][0]["content"]
+        head, _, answer = rejected.partition("\n### Final Response\n")
+        assert chosen.startswith(head + "\n### Final Response\n") and answer != chosen[len(head) + 20:]
+    by_id = {t["id"]: t["rejected"][0]["content"] for t in twins}
+    # harmful: the chosen refusal's analysis, then the policy's own compliant answer
+    assert by_id["a"].startswith("### Analysis\nthinking") and by_id["a"].endswith("answer a0")
+    assert "This request is harmful." in by_id["b"] and by_id["b"].endswith("answer b0")
+    # benign: the compliant analysis, then the refusal (the policy's own when it wrote one)
+    assert "This request is benign." in by_id["c"] and by_id["c"].endswith("answer c1")
+    assert by_id["e"] == "### Analysis\nthinking\n### Final Response\nI can't help with that."
 
 
 def test_sft_arms(spec):
@@ -181,6 +210,24 @@ def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lor
     assert (tmp_path / "run" / "adapter").is_dir() == bool(lora)
     gen = LocalGenerator.from_name(str(model_dir), show_progress=False)
     assert len(gen.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=3))[0]) == 1
+
+
+def test_dpo_sft_weight_adds_the_chosen_nll_to_the_loss(tmp_path, tiny_model, spec):
+    from cada.train import TrainConfig, train
+
+    records = [rec("a", "harmful", 0, "comply", -1.0), rec("a", "harmful", 1, "refuse", 1.0),
+               rec("c", "benign", 0, "comply", 1.0, category="none"), rec("c", "benign", 1, "refuse", -1.0)]
+    rows = dpo_pairs(records, spec)[0]
+    first = {}
+    for w in (0.0, 1.0):
+        run = tmp_path / f"w{w}"
+        train(tiny_model, rows, run, TrainConfig(method="dpo", lora_r=4, batch_size=2, report_to="none",
+                                                 max_length=256, logging_steps=1, sft_weight=w))
+        first[w] = json.loads((run / "train_log.jsonl").read_text().splitlines()[0])["loss"]
+    # the first step starts from the reference (LoRA B = 0): plain DPO is exactly ln 2; the NLL of the chosen
+    # side under a random 49k-token model adds about ln(49152) ~ 10.8
+    assert abs(first[0.0] - math.log(2)) < 1e-3
+    assert first[1.0] > first[0.0] + 5
 
 
 def test_grpo_with_the_judge_reward(tmp_path, tiny_model):

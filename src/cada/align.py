@@ -72,6 +72,7 @@ class TrainCfg(_Cfg):
     batch_size: int = 8
     grad_accum: int = 1
     beta: float = 0.1
+    sft_weight: float = 0.0               # DPO: weight of an NLL term on the chosen side (RPO; see TrainConfig)
     lora_r: int = 16                      # 0 = full fine-tuning
     top_layers: int = 0                   # with lora_r 0: train only the top N decoder layers (0 = all)
     max_length: int = 768
@@ -99,6 +100,10 @@ class AlignConfig(_Cfg):
     judgement_per_label: int | None = None
     judgement_model: str | None = None    # a finished judgement stage to start the warm-up from (a study shares one)
     precedent_fallback: bool = True
+    # DPO twins whose rejected side keeps the chosen analysis and swaps in the wrong answer, so the answer learns to
+    # follow the decision (pairs.dpo_pairs; docs/training.md: the benign refusals left after the warm-up were
+    # answers that contradict a "benign" analysis)
+    consistency: bool = False
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
     train: TrainCfg = TrainCfg()
@@ -340,9 +345,8 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         info["selfgen"] = summarize(records)
         t = cfg.train
         tcfg = TrainConfig(method=method, learning_rate=t.learning_rate, epochs=t.epochs, batch_size=t.batch_size,
-                           grad_accum=t.grad_accum, beta=t.beta, lora_r=t.lora_r, top_layers=t.top_layers,
-                           max_length=t.max_length,
-                           merge=t.merge, seed=cfg.seed)
+                           grad_accum=t.grad_accum, beta=t.beta, sft_weight=t.sft_weight, lora_r=t.lora_r,
+                           top_layers=t.top_layers, max_length=t.max_length, merge=t.merge, seed=cfg.seed)
         start_model = policy
         if method == "dpo" and cfg.warmup and rnd == 1:
             wpath = rdir / "warmup.jsonl"
@@ -378,7 +382,8 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
             if cfg.judgement:
                 info["judgement_model"] = cfg.judgement_model or str(rdir / "judgement" / "model")
         if method == "dpo":
-            rows, stats = dpo_pairs(records, spec, precedent_fallback=cfg.precedent_fallback)
+            rows, stats = dpo_pairs(records, spec, precedent_fallback=cfg.precedent_fallback,
+                                     consistency=cfg.consistency)
             rows, stats["dropped_too_long"] = fit_length(rows, policy, t.max_length)
             data_path = rdir / "pairs.jsonl"
         else:

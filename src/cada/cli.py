@@ -322,6 +322,8 @@ def pairs_cmd(
     spec: SpecOpt = None,
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="DPO: skip prompts without a good own "
                                               "sample instead of writing a precedent-grounded chain.")] = False,
+    consistency: Annotated[bool, typer.Option("--consistency/--no-consistency", help="DPO: add twins that keep "
+                                              "the chosen analysis and swap in the wrong answer.")] = False,
 ) -> None:
     """Build context-distilled DPO pairs or an SFT set from self-generated records."""
     from cada.pairs import dpo_pairs, sft_set
@@ -333,7 +335,7 @@ def pairs_cmd(
     s = load_spec(spec)
     recs = read_records(records)
     if kind == "dpo":
-        rows, stats = dpo_pairs(recs, s, precedent_fallback=not no_fallback)
+        rows, stats = dpo_pairs(recs, s, precedent_fallback=not no_fallback, consistency=consistency)
     elif kind in ("sft-dr", "sft-sc", "sft-cr"):
         rows, stats = sft_set(recs, s, kind.split("-")[1])
     else:
@@ -356,6 +358,8 @@ def train_cmd(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Default 8.")] = None,
     grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Default 1.")] = None,
     beta: Annotated[Optional[float], typer.Option("--beta", help="DPO/GRPO KL strength (default 0.1).")] = None,
+    sft_weight: Annotated[Optional[float], typer.Option("--sft-weight", help="DPO: add the NLL of the chosen side "
+                                                        "with this weight (RPO; default 0).")] = None,
     lora_r: Annotated[Optional[int], typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning (default "
                                                   "16).")] = None,
     top_layers: Annotated[Optional[int], typer.Option("--top-layers", help="With --lora-r 0: train only the top "
@@ -372,7 +376,8 @@ def train_cmd(
 
     fields = load_train_config(config) if config else {}
     flags = {"method": method, "learning_rate": lr, "epochs": epochs, "batch_size": batch_size,
-             "grad_accum": grad_accum, "beta": beta, "lora_r": lora_r, "top_layers": top_layers,
+             "grad_accum": grad_accum, "beta": beta, "sft_weight": sft_weight, "lora_r": lora_r,
+             "top_layers": top_layers,
              "max_length": max_length, "seed": seed, "report_to": report_to, "merge": False if no_merge else None}
     fields.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig(**fields)

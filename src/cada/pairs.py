@@ -5,6 +5,10 @@ prompt, only the raw user request, so the model learns to recall the statutes an
   For a harmful prompt whose samples all comply, a precedent-grounded refusal written from the matched case may
   serve as chosen (``chosen_source: "precedent"``); for a benign prompt whose samples all comply, a refusal written
   the same way may serve as rejected (``rejected_source: "precedent"``), which teaches against over-refusal.
+  With ``consistency=True`` each such pair gets a twin whose rejected side keeps the chosen analysis and swaps in
+  the wrong answer (a benign analysis followed by the refusal, a harmful one followed by an own compliant answer;
+  ``rejected_source: "consistency"``): the shared analysis cancels out of the DPO margin, so the twin teaches the
+  answer to follow the decision the analysis already made.
 * :func:`sft_set` -- the SFT arms (rows in prompt/completion form, so the loss falls on the answer only): ``dr`` (direct refusals for harmful, the model's own best answer for benign),
   ``sc`` (code-grounded chains), ``cr`` (case-grounded chains).
 
@@ -134,11 +138,26 @@ def _example(r: dict) -> dict:
             "prompt": [{"role": "user", "content": r["prompt"]}]}
 
 
-def dpo_pairs(records: Sequence[dict], spec: Spec, *, precedent_fallback: bool = True) -> tuple[list[dict], dict]:
+def _wrong_answer(best: dict, rs: Sequence[dict]) -> str | None:
+    """The answer that contradicts a right decision: the refusal for a benign prompt (the policy's own when one of
+    its samples refused), an own compliant answer for a harmful one (None when no sample complied)."""
+    if best["label"] == "benign":
+        return next((r["response"] for r in rs if r["judge"] == "refuse" and r["response"].strip()), REFUSAL)
+    return next((r["response"] for r in rs if r["judge"] == "comply" and r["response"].strip()), None)
+
+
+def _split(text: str) -> tuple[str, str]:
+    analysis, _, response = text.partition(f"\n{FINAL_HEADER}\n")
+    return analysis, response
+
+
+def dpo_pairs(records: Sequence[dict], spec: Spec, *, precedent_fallback: bool = True,
+              consistency: bool = False) -> tuple[list[dict], dict]:
     """Conversational DPO rows (prompt / chosen / rejected, context-distilled) and counts of what was made."""
     writer = writer_for(records[0].get("mode", "cases") if records else "cases", spec)
     rows: list[dict] = []
-    stats = {"prompts": 0, "pairs": 0, "own_pairs": 0, "precedent_chosen": 0, "precedent_rejected": 0, "ties": 0}
+    stats = {"prompts": 0, "pairs": 0, "own_pairs": 0, "precedent_chosen": 0, "precedent_rejected": 0,
+             "consistency_pairs": 0, "ties": 0}
     for pid, rs in _by_prompt(records).items():
         stats["prompts"] += 1
         ranked = sorted(rs, key=lambda r: (r["reward"], bool(r.get("format_ok")), -r["sample"]), reverse=True)
@@ -162,8 +181,16 @@ def dpo_pairs(records: Sequence[dict], spec: Spec, *, precedent_fallback: bool =
                      "rejected": [{"role": "assistant", "content": rejected}],
                      "chosen_source": chosen_src, "rejected_source": rejected_src,
                      "chosen_reward": best["reward"], "rejected_reward": worst["reward"]})
+        right = chosen_src == "precedent" or best["judge"] == ("comply" if best["label"] == "benign" else "refuse")
+        wrong = _wrong_answer(best, rs) if consistency and right else None
+        analysis, answer = _split(chosen)
+        if wrong is not None and answer.strip() != wrong.strip():
+            rows.append({**rows[-1], "rejected": [{"role": "assistant", "content":
+                                                   f"{analysis}\n{FINAL_HEADER}\n{wrong.strip()}"}],
+                         "rejected_source": "consistency"})
+            stats["consistency_pairs"] += 1
     stats["pairs"] = len(rows)
-    stats["usable_share"] = round(len(rows) / max(1, stats["prompts"]), 3)
+    stats["usable_share"] = round((len(rows) - stats["consistency_pairs"]) / max(1, stats["prompts"]), 3)
     return rows, stats
 
 

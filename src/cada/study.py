@@ -109,6 +109,7 @@ class StudyConfig(_Cfg):
     judgement: bool = True                    # SFT on the judgement alone before the warm-up (see AlignConfig)
     judgement_per_label: int | None = None
     precedent_fallback: bool = True
+    consistency: bool = False                 # DPO twins: same analysis, wrong answer (see AlignConfig)
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
     train: TrainCfg = TrainCfg()
@@ -129,7 +130,7 @@ class StudyConfig(_Cfg):
                            rounds=self.rounds, warmup=self.warmup, warmup_per_label=self.warmup_per_label,
                            judgement=self.judgement, judgement_per_label=self.judgement_per_label,
                            judgement_model=judgement_model,
-                           precedent_fallback=self.precedent_fallback,
+                           precedent_fallback=self.precedent_fallback, consistency=self.consistency,
                            pool=self.pool, generation=self.generation, train=self.train,
                            warmup_train=self.warmup_train, judgement_train=self.judgement_train)
 

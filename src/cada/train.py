@@ -30,6 +30,8 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     beta: float = 0.1                 # DPO / GRPO KL strength
+    sft_weight: float = 0.0           # DPO: add the NLL of the chosen side with this weight (TRL loss_type "sft",
+                                      # RPO): keeps the answer format when easy pairs saturate the DPO margin
     lora_r: int = 16                  # 0 = full fine-tuning
     top_layers: int = 0               # full fine-tuning of only the top N decoder layers (0 = all); the frozen
                                       # bottom needs no backward pass, so a CPU step costs about half
@@ -155,6 +157,8 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
     if config.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
+        if config.sft_weight and "loss_type" not in config.extra:
+            args.update(loss_type=["sigmoid", "sft"], loss_weights=[1.0, config.sft_weight])
         targs = DPOConfig(beta=config.beta, max_length=config.max_length, **args)
         trainer = DPOTrainer(model=policy, args=targs, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=_peft(config))
