@@ -1,0 +1,57 @@
+"""More benign prompts for the over-refusal question: held-back prompts that neither the judgement stage nor the
+warm-up of an ``align_curve.py`` run trained on, answered by the base model and by trained ones.
+
+    python benchmarks/unused_benign.py --run runs/bench-judge2 --benign 150 \
+        --model start=runs/bench-judge2/train/model --model consistency=runs/bench-cons2/train/model
+
+The 50 + 50 held-back prompts are few for "no more benign refusals than the base model" (0 of 50 for the base
+model; one refusal moves the rate by 0.02). This draws ``--benign`` more benign prompts (and ``--harmful``, a
+few, for the same table) from the run's training pool that no stage saw: not in its ``warmup.jsonl`` and not among
+the judgement stage's prompts (the pipeline's balanced draw of ``--judgement-per-label``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from align_recipe import refusal_rates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="runs/bench-judge2")
+    ap.add_argument("--benign", type=int, default=150)
+    ap.add_argument("--harmful", type=int, default=20)
+    ap.add_argument("--judgement-per-label", type=int, default=600)
+    ap.add_argument("--model", action="append", default=[], help="NAME=PATH, repeatable (the base model is added)")
+    ap.add_argument("--eval-tokens", type=int, default=128)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "unused_benign.json"))
+    a = ap.parse_args()
+
+    from cada.align import _balanced
+    from cada.data.pools import read_pool
+
+    run = Path(a.run)
+    train = read_pool(run / "pool" / "train.jsonl")
+    used = {p.id for p in _balanced(train, a.judgement_per_label, 0)}
+    used |= {json.loads(line)["id"] for line in (run / "warmup.jsonl").read_text().splitlines()}
+    rng = random.Random(7)
+    fresh = [p for p in train if p.id not in used]
+    rng.shuffle(fresh)
+    items = ([p for p in fresh if p.label == "benign"][:a.benign]
+             + [p for p in fresh if p.label == "harmful"][:a.harmful])
+    result: dict = {"settings": vars(a), "unused": {"benign": sum(p.label == "benign" for p in fresh),
+                                                    "harmful": sum(p.label == "harmful" for p in fresh)}}
+    for name, path in [("base", "smollm2-135m")] + [m.split("=", 1) for m in a.model]:
+        result[name] = refusal_rates(path, items, run / f"eval-unused-{name}", a.eval_tokens)
+        print(name, result[name], flush=True)
+    out = Path(a.out)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
