@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -154,6 +155,21 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
         _freeze_below(policy, config.top_layers)
     args = _common_args(config, output)
     t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # peft and TRL still read a deprecated transformers alias on every run; nothing for the user to do
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        trainer = _trainer(config, policy, tokenizer, dataset, args, reward_funcs)
+        _quiet_progress(trainer, output)
+        result = trainer.train()
+    seconds = time.perf_counter() - t0
+    return _save(trainer, tokenizer, output, config, {"train_seconds": round(seconds, 1),
+                                                      "examples": len(dataset), "base_model": str(model),
+                                                      "steps": result.global_step,
+                                                      "train_loss": round(result.training_loss, 4)})
+
+
+def _trainer(config: TrainConfig, policy, tokenizer, dataset, args: dict, reward_funcs):
+    """The TRL trainer for ``config.method`` (LoRA through peft when ``lora_r`` > 0)."""
     if config.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
@@ -180,13 +196,7 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
         trainer = GRPOTrainer(model=policy, reward_funcs=reward_funcs or [safety_reward, format_reward],
                               args=targs, train_dataset=dataset, processing_class=tokenizer,
                               peft_config=_peft(config))
-    _quiet_progress(trainer, output)
-    result = trainer.train()
-    seconds = time.perf_counter() - t0
-    return _save(trainer, tokenizer, output, config, {"train_seconds": round(seconds, 1),
-                                                      "examples": len(dataset), "base_model": str(model),
-                                                      "steps": result.global_step,
-                                                      "train_loss": round(result.training_loss, 4)})
+    return trainer
 
 
 def _quiet_progress(trainer, output: Path) -> None:
