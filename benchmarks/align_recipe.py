@@ -17,6 +17,15 @@ import time
 from pathlib import Path
 
 
+def write_result(result: dict, out: str | Path) -> Path:
+    """Write a benchmark's result JSON (folders made as needed) and say where."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return out
+
+
 def refusal_rates(model: str, heldout, out_dir: Path, max_new_tokens: int) -> dict:
     from cada.evaluate import EvalItem, evaluate
     from cada.judges.refusal import string_match_label

@@ -21,12 +21,11 @@ held-back prompts (50 + 50, never trained on) are answered greedily before and a
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
 
-from align_recipe import refusal_rates
+from align_recipe import refusal_rates, write_result
 
 
 def main() -> None:
@@ -102,10 +101,7 @@ def main() -> None:
     result["train_seconds"] = round(time.perf_counter() - t0, 1)
     result["final"] = refusal_rates(str(run / "train" / "model"), held, run / "eval-final", a.eval_tokens)
     print("final", result["final"], flush=True)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(result, a.out)
 
 
 if __name__ == "__main__":

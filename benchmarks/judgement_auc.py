@@ -14,8 +14,9 @@ decision.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from align_recipe import write_result
 
 
 def scores(model_dir: str, prompts: list[str]) -> list[float]:
@@ -67,10 +68,7 @@ def main() -> None:
                                     "benign": round(sum(x > 0 for x in sb) / len(sb), 2)}}
         result["points"].append(point)
         print(point, flush=True)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(result, a.out)
 
 
 if __name__ == "__main__":

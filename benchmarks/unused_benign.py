@@ -17,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from align_recipe import refusal_rates
+from align_recipe import refusal_rates, write_result
 
 
 def main() -> None:
@@ -48,9 +48,7 @@ def main() -> None:
     for name, path in [("base", "smollm2-135m")] + [m.split("=", 1) for m in a.model]:
         result[name] = refusal_rates(path, items, run / f"eval-unused-{name}", a.eval_tokens)
         print(name, result[name], flush=True)
-    out = Path(a.out)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(result, a.out)
 
 
 if __name__ == "__main__":
