@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cada.reasoning import ANALYSIS_HEADER, FINAL_HEADER
+from cada.reasoning import ANALYSIS_HEADER, FINAL_HEADER, parse_output
 from cada.spec.schema import Precedent, Spec
 
 REFUSAL = "I can't help with that."
@@ -146,11 +146,6 @@ def _wrong_answer(best: dict, rs: Sequence[dict]) -> str | None:
     return next((r["response"] for r in rs if r["judge"] == "comply" and r["response"].strip()), None)
 
 
-def _split(text: str) -> tuple[str, str]:
-    analysis, _, response = text.partition(f"\n{FINAL_HEADER}\n")
-    return analysis, response
-
-
 def dpo_pairs(records: Sequence[dict], spec: Spec, *, precedent_fallback: bool = True,
               consistency: bool = False) -> tuple[list[dict], dict]:
     """Conversational DPO rows (prompt / chosen / rejected, context-distilled) and counts of what was made."""
@@ -183,10 +178,9 @@ def dpo_pairs(records: Sequence[dict], spec: Spec, *, precedent_fallback: bool =
                      "chosen_reward": best["reward"], "rejected_reward": worst["reward"]})
         right = chosen_src == "precedent" or best["judge"] == ("comply" if best["label"] == "benign" else "refuse")
         wrong = _wrong_answer(best, rs) if consistency and right else None
-        analysis, answer = _split(chosen)
-        if wrong is not None and answer.strip() != wrong.strip():
-            rows.append({**rows[-1], "rejected": [{"role": "assistant", "content":
-                                                   f"{analysis}\n{FINAL_HEADER}\n{wrong.strip()}"}],
+        own = parse_output(chosen)  # chosen is a chain(): its reasoning and answer come back unchanged
+        if wrong is not None and own.response != wrong.strip():
+            rows.append({**rows[-1], "rejected": [{"role": "assistant", "content": chain(own.reasoning, wrong)}],
                          "rejected_source": "consistency"})
             stats["consistency_pairs"] += 1
     stats["pairs"] = len(rows)

@@ -173,9 +173,9 @@ def _trainer(config: TrainConfig, policy, tokenizer, dataset, args: dict, reward
     if config.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        if config.sft_weight and "loss_type" not in config.extra:
-            args.update(loss_type=["sigmoid", "sft"], loss_weights=[1.0, config.sft_weight])
-        targs = DPOConfig(beta=config.beta, max_length=config.max_length, **args)
+        rpo = ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, config.sft_weight]}
+               if config.sft_weight and "loss_type" not in config.extra else {})
+        targs = DPOConfig(beta=config.beta, max_length=config.max_length, **rpo, **args)
         trainer = DPOTrainer(model=policy, args=targs, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=_peft(config))
     elif config.method == "sft":
