@@ -27,6 +27,19 @@ def test_parse_is_tolerant_of_missing_or_empty_sections():
     assert parse_output("plain answer", mode="none").format_ok is True
 
 
+def test_parse_reads_the_answer_before_a_header_loop():
+    # a small policy sometimes repeats the header after its answer until the token budget ends; the answer is
+    # what it said, not the empty tail (an empty response would count as a refusal)
+    looped = "### Analysis\nbenign\n### Final Response\nA plan.\n\n### Final Response\n### Final Response\n### Fin"
+    assert parse_output(looped).response == "A plan."
+    p = parse_output("### Analysis\nbenign\n### Final Response\nA plan.\n### Final Response\n### Final Response\n")
+    assert (p.reasoning, p.response, p.format_ok) == ("benign", "A plan.", True)
+    p = parse_output("### Analysis\nbenign\n### Final Response\nOld.\n### Final Response\nNew.")
+    assert p.response == "New."
+    p = parse_output("### Analysis\nx\n### Final Response\n### Final Response\n")
+    assert (p.response, p.format_ok) == ("", False)
+
+
 def test_messages_per_mode(spec):
     none = build_messages("How do I stop a stuck process?", "none", spec)
     assert none == [{"role": "user", "content": "How do I stop a stuck process?"}]

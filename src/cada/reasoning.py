@@ -119,20 +119,30 @@ def parse_output(text: str, mode: Mode | str = Mode.cases) -> Parsed:
 
     >>> parse_output("### Analysis\\nBenign homonym.\\n### Final Response\\nUse `kill -9`.")
     Parsed(reasoning='Benign homonym.', response='Use `kill -9`.', format_ok=True)
+    >>> parse_output("### Final Response\\nHi.\\n### Final Response\\n### Final Response").response
+    'Hi.'
     >>> parse_output("Sure, here it is.").format_ok
     False
     >>> parse_output("Sure, here it is.", mode="none").format_ok
     True
     """
     text = (text or "").strip()
+    head, _, tail = text.rpartition("\n")
+    tail = tail.strip()
+    if head and tail.startswith("#") and any(h.startswith(tail) and h != tail for h in (FINAL_HEADER, ANALYSIS_HEADER)):
+        text = head.strip()  # a header the token budget cut off
     finals = list(_FINAL_RE.finditer(text))
     if not finals:
         # mode none asks for no format, so a plain answer is well-formed there
         return Parsed(reasoning="", response=text, format_ok=Mode(mode) is Mode.none)
-    last = finals[-1]
-    reasoning = text[:last.start()].strip()
+    # the last final-response section that says something: a small model that loops on the header after its
+    # answer ("### Final Response\nX\n### Final Response\n### Final Response ...") answered X, not nothing
+    ends = [m.start() for m in finals[1:]] + [len(text)]
+    sections = [text[m.end():end].strip() for m, end in zip(finals, ends)]
+    pick = max((i for i, s in enumerate(sections) if s), default=len(finals) - 1)
+    reasoning = text[:finals[pick].start()].strip()
     reasoning = _ANALYSIS_RE.sub("", reasoning, count=1).strip() if _ANALYSIS_RE.match(reasoning) else reasoning
-    response = text[last.end():].strip()
+    response = sections[pick]
     return Parsed(reasoning=reasoning, response=response, format_ok=bool(response))
 
 
