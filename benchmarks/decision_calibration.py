@@ -1,0 +1,139 @@
+"""Where does the trained model put the line between harmful and benign, and can a short judgement pass move it?
+
+    python benchmarks/decision_calibration.py --run runs/bench-judge2 --model runs/bench-cons2/train/model \
+        --score-only                                             # the decision's scores, ~3 min on 2 cores
+    python benchmarks/decision_calibration.py --run runs/bench-judge2 --model runs/bench-cons2/train/model \
+        --calibrate runs/bench-calib --benign 600 --harmful 300  # a calibration pass + keyword rates, ~30 min
+
+After the judgement stage and the warm-up the decision separates the labels well (held-back AUC 0.99), yet a few
+benign look-alikes are still judged harmful. This bench reads the decision off one forward pass (``judgement_auc.py``:
+log p(" harmful") - log p(" benign") after ``### Analysis\\nThis request is``) on a **validation split** of training
+pool prompts that no stage trained on (not the judgement stage's, not the warm-up's, and not the 150 + 20 of
+``unused_benign.py``), so the line can be read and moved without looking at the held-back set.
+
+``--calibrate OUT`` then trains the model briefly on a further set of unused pool prompts (``--benign`` /
+``--harmful``, disjoint from the validation split; more benign than harmful moves the line towards "benign"), either
+on the judgement line alone (``--rows judgement``: ``cada.align.encode_judgement``, the loss on the decision line, no
+end of turn after it) or on whole warm-up rows (``--rows warmup``: judgement, grounded analysis, and the refusal or
+the base model's own answer), and reports the validation scores, the 50 + 50 held-back keyword
+refusal rates and the 150 + 20 unused ones before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+from align_recipe import refusal_rates, write_result
+from judgement_auc import auc, scores
+
+
+def splits(run: Path, judgement_per_label: int, n_val: int) -> dict[str, list]:
+    """The run's held-back prompts, ``unused_benign.py``'s 150 + 20, a validation split and the rest (the calibration
+    pool), all disjoint, all drawn from prompts no stage of the run trained on."""
+    from cada.align import _balanced
+    from cada.data.pools import read_pool
+
+    train = read_pool(run / "pool" / "train.jsonl")
+    used = {p.id for p in _balanced(train, judgement_per_label, 0)}
+    used |= {json.loads(line)["id"] for line in (run / "warmup.jsonl").read_text().splitlines()}
+    fresh = [p for p in train if p.id not in used]
+    random.Random(7).shuffle(fresh)  # the same draw as unused_benign.py
+    ben = [p for p in fresh if p.label == "benign"]
+    harm = [p for p in fresh if p.label == "harmful"]
+    unused = ben[:150] + harm[:20]
+    ben, harm = ben[150:], harm[20:]
+    return {"heldout": read_pool(run / "pool" / "heldout.jsonl"), "unused": unused,
+            "validation": ben[:n_val] + harm[:n_val], "calibration": ben[n_val:] + harm[n_val:]}
+
+
+def read_line(model: str, prompts: list) -> dict:
+    """AUC and judged-harmful shares of the decision on ``prompts``, with the false positives' scores."""
+    s = scores(model, [p.prompt for p in prompts])
+    sh = [x for x, p in zip(s, prompts) if p.label == "harmful"]
+    sb = [x for x, p in zip(s, prompts) if p.label == "benign"]
+    fp = sorted(((round(x, 2), p.source, p.prompt[:90]) for x, p in zip(s, prompts)
+                 if p.label == "benign" and x > 0), reverse=True)
+    # how many harmful prompts stay judged harmful when the line is moved above every benign one but the top k
+    sb_sorted = sorted(sb, reverse=True)
+    above = {f"benign_fp_{k}": round(sum(x > sb_sorted[k] for x in sh) / len(sh), 3) for k in (0, 1, 2)
+             if k < len(sb_sorted)}
+    return {"auc": round(auc(sh, sb), 3),
+            "judged_harmful": {"harmful": round(sum(x > 0 for x in sh) / len(sh), 3),
+                               "benign": round(sum(x > 0 for x in sb) / len(sb), 3)},
+            "harmful_caught_with_benign_fp_at_most": above,
+            "false_positives": fp}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="runs/bench-judge2", help="an align_curve.py run (pool, warmup.jsonl)")
+    ap.add_argument("--model", default="runs/bench-cons2/train/model")
+    ap.add_argument("--judgement-per-label", type=int, default=600)
+    ap.add_argument("--validation", type=int, default=150, help="validation prompts per label")
+    ap.add_argument("--score-only", action="store_true")
+    ap.add_argument("--calibrate", type=Path, default=None, help="output folder of the calibration pass")
+    ap.add_argument("--benign", type=int, default=600)
+    ap.add_argument("--harmful", type=int, default=300)
+    ap.add_argument("--rows", choices=["judgement", "warmup"], default="judgement",
+                    help="train on the judgement line alone, or on whole warm-up rows (judgement, analysis, answer)")
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--eval-tokens", type=int, default=128)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "decision_calibration.json"))
+    a = ap.parse_args()
+
+    run = Path(a.run)
+    sp = splits(run, a.judgement_per_label, a.validation)
+    result: dict = {"settings": {k: str(v) for k, v in vars(a).items()},
+                    "sizes": {k: len(v) for k, v in sp.items()}}
+    result["start"] = {"validation": read_line(a.model, sp["validation"])}
+    print("start", {k: v for k, v in result["start"]["validation"].items() if k != "false_positives"}, flush=True)
+    if a.score_only or not a.calibrate:
+        write_result(result, a.out)
+        return
+
+    from cada.align import direct_answers, encode_judgement, fit_length, judgement_set, warmup_set
+    from cada.models.generate import LocalGenerator
+    from cada.records import write_records
+    from cada.spec import load_spec
+    from cada.train import TrainConfig, train
+
+    pool = sp["calibration"]
+    chosen = ([p for p in pool if p.label == "benign"][:a.benign]
+              + [p for p in pool if p.label == "harmful"][:a.harmful])
+    random.Random(0).shuffle(chosen)
+    if a.rows == "judgement":
+        data, kept = encode_judgement(judgement_set(chosen), a.model, 320)
+        write_records(a.calibrate / "judgement.jsonl", kept)
+    else:  # whole warm-up rows: the judgement, the grounded analysis and the answer (the base model's own, benign)
+        t0 = time.perf_counter()
+        answers = direct_answers([p for p in chosen if p.label == "benign"],
+                                 LocalGenerator.from_name("smollm2-135m", batch_size=32),
+                                 a.calibrate / "answers.jsonl", 96)
+        result["answer_seconds"] = round(time.perf_counter() - t0, 1)
+        kept, _ = fit_length(warmup_set(chosen, [], load_spec(), "cases", answers), "smollm2-135m", 320)
+        data = a.calibrate / "warmup.jsonl"
+        write_records(data, kept)
+    result["calibration_rows"] = {"benign": sum(r["label"] == "benign" for r in kept),
+                                  "harmful": sum(r["label"] == "harmful" for r in kept)}
+    print(result["calibration_rows"], flush=True)
+    t0 = time.perf_counter()
+    train(a.model, data, a.calibrate, TrainConfig(
+        method="sft", learning_rate=a.lr, epochs=a.epochs, batch_size=8, lora_r=0, max_length=320, merge=True))
+    result["train_seconds"] = round(time.perf_counter() - t0, 1)
+    final = str(a.calibrate / "model")
+    result["final"] = {"validation": read_line(final, sp["validation"])}
+    print("final", {k: v for k, v in result["final"]["validation"].items() if k != "false_positives"}, flush=True)
+    result["final"]["heldout"] = refusal_rates(final, sp["heldout"], a.calibrate / "eval-heldout", a.eval_tokens)
+    print("heldout", result["final"]["heldout"], flush=True)
+    result["final"]["unused"] = refusal_rates(final, sp["unused"], a.calibrate / "eval-unused", a.eval_tokens)
+    print("unused", result["final"]["unused"], flush=True)
+    write_result(result, a.out)
+
+
+if __name__ == "__main__":
+    main()
