@@ -26,6 +26,22 @@ def write_result(result: dict, out: str | Path) -> Path:
     return out
 
 
+def unused_prompts(run: Path, judgement_per_label: int) -> list:
+    """The training-pool prompts of an ``align_curve.py`` run that no stage trained on (not in its ``warmup.jsonl``,
+    not among the judgement stage's balanced draw), shuffled with a fixed seed: the same order for every bench."""
+    import random
+
+    from cada.align import _balanced
+    from cada.data.pools import read_pool
+
+    train = read_pool(run / "pool" / "train.jsonl")
+    used = {p.id for p in _balanced(train, judgement_per_label, 0)}
+    used |= {json.loads(line)["id"] for line in (run / "warmup.jsonl").read_text().splitlines()}
+    fresh = [p for p in train if p.id not in used]
+    random.Random(7).shuffle(fresh)
+    return fresh
+
+
 def refusal_rates(model: str, heldout, out_dir: Path, max_new_tokens: int) -> dict:
     from cada.evaluate import EvalItem, evaluate
     from cada.judges.refusal import string_match_label

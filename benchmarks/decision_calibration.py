@@ -22,26 +22,20 @@ refusal rates and the 150 + 20 unused ones before and after.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
 
-from align_recipe import refusal_rates, write_result
+from align_recipe import refusal_rates, unused_prompts, write_result
 from judgement_auc import auc, scores
 
 
 def splits(run: Path, judgement_per_label: int, n_val: int) -> dict[str, list]:
     """The run's held-back prompts, ``unused_benign.py``'s 150 + 20, a validation split and the rest (the calibration
     pool), all disjoint, all drawn from prompts no stage of the run trained on."""
-    from cada.align import _balanced
     from cada.data.pools import read_pool
 
-    train = read_pool(run / "pool" / "train.jsonl")
-    used = {p.id for p in _balanced(train, judgement_per_label, 0)}
-    used |= {json.loads(line)["id"] for line in (run / "warmup.jsonl").read_text().splitlines()}
-    fresh = [p for p in train if p.id not in used]
-    random.Random(7).shuffle(fresh)  # the same draw as unused_benign.py
+    fresh = unused_prompts(run, judgement_per_label)  # the same draw as unused_benign.py
     ben = [p for p in fresh if p.label == "benign"]
     harm = [p for p in fresh if p.label == "harmful"]
     unused = ben[:150] + harm[:20]

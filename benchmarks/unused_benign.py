@@ -13,11 +13,9 @@ the judgement stage's prompts (the pipeline's balanced draw of ``--judgement-per
 from __future__ import annotations
 
 import argparse
-import json
-import random
 from pathlib import Path
 
-from align_recipe import refusal_rates, write_result
+from align_recipe import refusal_rates, unused_prompts, write_result
 
 
 def main() -> None:
@@ -31,16 +29,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "unused_benign.json"))
     a = ap.parse_args()
 
-    from cada.align import _balanced
-    from cada.data.pools import read_pool
-
     run = Path(a.run)
-    train = read_pool(run / "pool" / "train.jsonl")
-    used = {p.id for p in _balanced(train, a.judgement_per_label, 0)}
-    used |= {json.loads(line)["id"] for line in (run / "warmup.jsonl").read_text().splitlines()}
-    rng = random.Random(7)
-    fresh = [p for p in train if p.id not in used]
-    rng.shuffle(fresh)
+    fresh = unused_prompts(run, a.judgement_per_label)
     items = ([p for p in fresh if p.label == "benign"][:a.benign]
              + [p for p in fresh if p.label == "harmful"][:a.harmful])
     result: dict = {"settings": vars(a), "unused": {"benign": sum(p.label == "benign" for p in fresh),
