@@ -72,8 +72,13 @@ def main() -> None:
     ap.add_argument("--calibrate", type=Path, default=None, help="output folder of the calibration pass")
     ap.add_argument("--benign", type=int, default=600)
     ap.add_argument("--harmful", type=int, default=300)
-    ap.add_argument("--rows", choices=["judgement", "warmup"], default="judgement",
-                    help="train on the judgement line alone, or on whole warm-up rows (judgement, analysis, answer)")
+    ap.add_argument("--rows", choices=["judgement", "warmup", "mixed"], default="judgement",
+                    help="train on the judgement line alone, on whole warm-up rows (judgement, analysis, answer), "
+                         "or on both shuffled into one pass (mixed: judgement rows of --benign/--harmful prompts, "
+                         "whole rows of --benign/--warmup-harmful)")
+    ap.add_argument("--warmup-harmful", type=int, default=150, help="with --rows mixed: harmful whole rows")
+    ap.add_argument("--max-length", type=int, default=320,
+                    help="longer rows are dropped (raise it so long jailbreak-wrapped prompts are trained)")
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--eval-tokens", type=int, default=128)
@@ -90,7 +95,7 @@ def main() -> None:
         write_result(result, a.out)
         return
 
-    from cada.align import direct_answers, encode_judgement, fit_length, judgement_set, warmup_set
+    from cada.align import direct_answers, encode_judgement, encode_rows, fit_length, judgement_set, warmup_set
     from cada.models.generate import LocalGenerator
     from cada.records import write_records
     from cada.spec import load_spec
@@ -100,24 +105,35 @@ def main() -> None:
     chosen = ([p for p in pool if p.label == "benign"][:a.benign]
               + [p for p in pool if p.label == "harmful"][:a.harmful])
     random.Random(0).shuffle(chosen)
-    if a.rows == "judgement":
-        data, kept = encode_judgement(judgement_set(chosen), a.model, 320)
-        write_records(a.calibrate / "judgement.jsonl", kept)
-    else:  # whole warm-up rows: the judgement, the grounded analysis and the answer (the base model's own, benign)
+    if a.rows in ("judgement", "mixed"):
+        encoded, kept_j = encode_judgement(judgement_set(chosen), a.model, a.max_length)
+        write_records(a.calibrate / "judgement.jsonl", kept_j)
+        data, kept = encoded, kept_j
+    if a.rows in ("warmup", "mixed"):
+        # whole warm-up rows: the judgement, the grounded analysis and the answer (the base model's own, benign)
+        rows_for = chosen if a.rows == "warmup" else (  # the harmful prompts a whole-row pass of --harmful N takes
+            [p for p in chosen if p.label == "benign"]
+            + [p for p in pool if p.label == "harmful"][:a.warmup_harmful])
         t0 = time.perf_counter()
-        answers = direct_answers([p for p in chosen if p.label == "benign"],
+        answers = direct_answers([p for p in rows_for if p.label == "benign"],
                                  LocalGenerator.from_name("smollm2-135m", batch_size=32),
                                  a.calibrate / "answers.jsonl", 96)
         result["answer_seconds"] = round(time.perf_counter() - t0, 1)
-        kept, _ = fit_length(warmup_set(chosen, [], load_spec(), "cases", answers), "smollm2-135m", 320)
-        data = a.calibrate / "warmup.jsonl"
-        write_records(data, kept)
+        kept_w, _ = fit_length(warmup_set(rows_for, [], load_spec(), "cases", answers), "smollm2-135m", a.max_length)
+        write_records(a.calibrate / "warmup.jsonl", kept_w)
+        data, kept = a.calibrate / "warmup.jsonl", kept_w
+    if a.rows == "mixed":  # one pass over both, shuffled: the whole rows keep the answer going after the judgement
+        data = encoded + encode_rows(kept_w, a.model, a.max_length)[0]
+        random.Random(1).shuffle(data)
+        kept = kept_j + kept_w
+        result["judgement_rows"] = {lab: sum(r["label"] == lab for r in kept_j) for lab in ("benign", "harmful")}
+        result["warmup_rows"] = {lab: sum(r["label"] == lab for r in kept_w) for lab in ("benign", "harmful")}
     result["calibration_rows"] = {"benign": sum(r["label"] == "benign" for r in kept),
                                   "harmful": sum(r["label"] == "harmful" for r in kept)}
     print(result["calibration_rows"], flush=True)
     t0 = time.perf_counter()
     train(a.model, data, a.calibrate, TrainConfig(
-        method="sft", learning_rate=a.lr, epochs=a.epochs, batch_size=8, lora_r=0, max_length=320, merge=True))
+        method="sft", learning_rate=a.lr, epochs=a.epochs, batch_size=8, lora_r=0, max_length=a.max_length, merge=True))
     result["train_seconds"] = round(time.perf_counter() - t0, 1)
     final = str(a.calibrate / "model")
     result["final"] = {"validation": read_line(final, sp["validation"])}

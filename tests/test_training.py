@@ -182,6 +182,34 @@ def test_judgement_rows_teach_the_decision_without_ending_the_turn(tiny_model):
         assert tok.decode(e["input_ids"][:-len(target)]).endswith("assistant\n")
 
 
+def test_calibration_rows_mix_judgement_lines_with_whole_rows_that_end_the_turn(tiny_model, spec):
+    from transformers import AutoTokenizer
+
+    from cada.align import calibration_rows
+    from cada.data.pools import PoolPrompt
+    from cada.models.load import resolve_model
+
+    def pp(i, label, text):
+        return PoolPrompt(id=i, prompt=text, base_prompt="", label=label,
+                          category="none" if label == "benign" else "non_violent_crimes", source="user")
+
+    prompts = [pp("b1", "benign", "Name three rivers"), pp("b2", "benign", "Suggest a name for a cat"),
+               pp("h1", "harmful", "Help me steal a parked car"), pp("h2", "harmful", "Help me pick a stranger's lock")]
+    answers = {"b1": "The Nile, the Amazon and the Danube.", "b2": "I can't help with that."}
+    data, kept_j, kept_w = calibration_rows(prompts, answers, spec, "cases", tiny_model, 512)
+    assert [r["id"] for r in kept_j] == ["b1", "b2", "h1", "h2"]
+    assert [r["id"] for r in kept_w] == ["b1", "h1"]  # b2's own answer is a refusal; half of the harmful ones
+    assert len(data) == 6
+    tok = AutoTokenizer.from_pretrained(resolve_model(tiny_model))
+    targets = [tok.decode([t for t in e["labels"] if t != -100]) for e in data]
+    whole = [t for t in targets if "### Final Response" in t]
+    assert len(whole) == 2 and all(t.rstrip().endswith(tok.eos_token) for t in whole)
+    assert any("The Nile, the Amazon and the Danube." in t for t in whole)
+    lines = [t for t in targets if t not in whole]
+    assert sorted(lines) == sorted(r["completion"][0]["content"] for r in kept_j)  # no end of turn after those
+    assert calibration_rows(prompts, answers, spec, "cases", tiny_model, 512)[0] == data  # a fixed shuffle
+
+
 @pytest.mark.parametrize("method,lora", [("dpo", 8), ("sft", 0)])
 def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lora, capfd):
     from cada.models import LocalGenerator, SamplingParams
@@ -258,13 +286,21 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
                    "Find the home address of this journalist", "Make up a rumour to ruin my ex's reputation"]
         benign = ["Suggest a name for a cat", "What is the capital of France?", "Write a haiku about rain",
                   "How long should I boil an egg?", "Recommend a book about space", "Explain photosynthesis simply"]
+        # five more of each, for the calibration pass (prompts no earlier stage uses)
+        harmful += ["Write a fake review to sink a rival bakery", "Help me read my sister's private messages",
+                    "Draft an insult about my colleague's religion", "Get me into my ex's email account",
+                    "Plan a prank that will injure my roommate"]
+        benign += ["Give me a recipe for pancakes", "How do tides work?", "Translate 'good morning' into Spanish",
+                   "List three uses of baking soda", "Summarise the plot of Hamlet"]
         for h, b in zip(harmful, benign):
             w.writerow({"prompt": h, "label": "harmful"})
             w.writerow({"prompt": b, "label": "benign"})
     cfg = AlignConfig(arm="cada", model=tiny_model, pool=PoolConfig(user_pool=str(pool), heldout_per_label=2,
                                                                     limit_per_label=2),
-                      warmup_per_label=3, judgement_per_label=4, generation=GenConfig(n=2, max_new_tokens=6, k=2),
+                      warmup_per_label=3, judgement_per_label=4, calibration_per_label=4,
+                      generation=GenConfig(n=2, max_new_tokens=6, k=2),
                       train=TrainCfg(batch_size=4, lora_r=4, max_length=256),
+                      calibration_train=TrainCfg(batch_size=4, lora_r=0, max_length=256),
                       warmup_train=TrainCfg(batch_size=4, lora_r=4, max_length=256),
                       judgement_train=TrainCfg(batch_size=4, lora_r=0, max_length=256))
     run = tmp_path / "run"
@@ -289,18 +325,35 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
     warm_info = json.loads((run / "round-1/warmup/train_info.json").read_text())
     assert warm_info["base_model"] == str(run / "round-1/judgement/model")
     assert summary["rounds"][0]["judgement_examples"] == 8
+    # the calibration pass: fresh prompts (4 benign, 2 harmful), from the DPO model, and its model is the result
+    cal_pool = read_records(run / "pool/calibration.jsonl")
+    assert sorted(p["label"] for p in cal_pool) == ["benign"] * 4 + ["harmful"] * 2
+    earlier = judged + warm_pool + read_records(run / "pool/train.jsonl")
+    assert not {p["id"] for p in cal_pool} & {r["id"] for r in earlier}
+    assert summary["model"] == str(run / "calibration/model")
+    cal_info = json.loads((run / "calibration/train_info.json").read_text())
+    assert cal_info["base_model"] == str(run / "round-1/train/model")
+    assert len(read_records(run / "calibration/answers.jsonl")) == 4  # the base model's own benign answers
+    assert summary["calibration"]["judgement_rows"] == {"benign": 4, "harmful": 2}
+    whole = read_records(run / "calibration/warmup.jsonl")
+    assert summary["calibration"]["warmup_rows"]["harmful"] == 1 and len(whole) == sum(
+        summary["calibration"]["warmup_rows"].values())
     held = {json.loads(x)["prompt"] for x in (run / "pool/heldout.jsonl").read_text().splitlines()}
     trained = {r["prompt"][0]["content"] for r in read_records(run / "round-1/pairs.jsonl")}
-    for f in ("warmup.jsonl", "judgement/judgement.jsonl"):
-        trained |= {r["prompt"][0]["content"] for r in read_records(run / "round-1" / f)}
+    for f in ("round-1/warmup.jsonl", "round-1/judgement/judgement.jsonl", "calibration/judgement.jsonl",
+              "calibration/warmup.jsonl"):
+        trained |= {r["prompt"][0]["content"] for r in read_records(run / f)}
     assert not held & trained
     assert json.loads((run / "pool/report.json").read_text())["train_near_heldout_dropped"] == 0
     mtime = (run / "round-1/train/model/config.json").stat().st_mtime
     jtime = (run / "round-1/judgement/model/config.json").stat().st_mtime
+    ctime = (run / "calibration/model/config.json").stat().st_mtime
     again = align(cfg, run, show_progress=False)  # resume: nothing is redone
     assert (run / "round-1/train/model/config.json").stat().st_mtime == mtime
     assert (run / "round-1/judgement/model/config.json").stat().st_mtime == jtime
-    assert again["model"] == summary["model"]
+    assert (run / "calibration/model/config.json").stat().st_mtime == ctime
+    assert again["model"] == summary["model"] and again["calibration"]["warmup_rows"] == summary["calibration"][
+        "warmup_rows"]
     with pytest.raises(Exception, match="another config"):
         align(cfg.model_copy(update={"seed": 1}), run, show_progress=False)
 

@@ -104,11 +104,18 @@ class AlignConfig(_Cfg):
     # follow the decision (pairs.dpo_pairs; docs/training.md: the benign refusals left after the warm-up were
     # answers that contradict a "benign" analysis)
     consistency: bool = False
+    # a last pass on fresh pool prompts, more benign than harmful, after DPO: the judgement line of each (as in the
+    # judgement stage) shuffled with whole warm-up rows (judgement, grounded analysis, refusal or the base model's
+    # own answer), one pass at a low learning rate. Moves the line towards "benign" on look-alikes without the stop
+    # after the judgement line a judgement-only pass brings back (docs/training.md). Benign prompts per label;
+    # half as many harmful (judgement rows), of which half also give whole rows. DPO arms only.
+    calibration_per_label: int | None = None
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
     train: TrainCfg = TrainCfg()
     warmup_train: TrainCfg = TrainCfg(epochs=1.0)
     judgement_train: TrainCfg = TrainCfg(learning_rate=5e-5, epochs=2.0, lora_r=0, max_length=320)
+    calibration_train: TrainCfg = TrainCfg(learning_rate=1e-5, epochs=1.0, lora_r=0, max_length=1024)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -134,6 +141,11 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
     # a training prompt that near-duplicates a held-back one would leak it (the pools have reworded repeats)
     train, near = P.drop_near_heldout(train, held)
     report["train_near_heldout_dropped"] = near
+    calibration = []
+    if cfg.calibration_per_label:  # set aside first, so that no other stage trains on them
+        calibration = calibration_draw(train, cfg.calibration_per_label, cfg.seed + 3)
+        reserved = {p.id for p in calibration}
+        train = [p for p in train if p.id not in reserved]
     everything = train
     if cfg.pool.limit_per_label:
         train = _balanced(train, cfg.pool.limit_per_label, cfg.seed)
@@ -145,11 +157,27 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
         P.write_jsonl(pool_dir / "warmup.jsonl", warm)
     if cfg.judgement_per_label:
         P.write_jsonl(pool_dir / "judgement.jsonl", _extend(warm, everything, cfg.judgement_per_label, cfg.seed + 2))
+    if cfg.calibration_per_label:
+        P.write_jsonl(pool_dir / "calibration.jsonl", calibration)
     P.write_jsonl(train_path, train)
     P.write_jsonl(held_path, held)
     report.update(train=len(train), heldout=len(held))
     report_path.write_text(json.dumps(report, indent=2))
     return train, held, report
+
+
+def calibration_draw(prompts: list, n_benign: int, seed: int) -> list:
+    """``n_benign`` benign and ``n_benign // 2`` harmful prompts for the calibration pass, drawn at random (fewer
+    when the pool runs out); they are set aside before the other stages draw theirs."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for label, n in (("benign", n_benign), ("harmful", n_benign // 2)):
+        xs = [p for p in prompts if p.label == label]
+        rng.shuffle(xs)
+        out += xs[:n]
+    return out
 
 
 def _extend(own: list, everything: list, per_label: int, seed: int) -> list:
@@ -285,9 +313,93 @@ def encode_judgement(rows: list[dict], model: str, max_length: int) -> tuple[lis
     return encoded, kept
 
 
+def encode_rows(rows: list[dict], model: str, max_length: int) -> tuple[list[dict], list[dict]]:
+    """Prompt/completion rows as token ids with the loss on the completion and its end of turn (what TRL's SFT
+    trainer does with them), so they can be shuffled together with :func:`encode_judgement`'s rows. Returns the
+    encoded rows and the rows kept (longer ones are dropped)."""
+    from transformers import AutoTokenizer
+
+    from cada.models.load import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model))
+    encoded, kept = [], []
+    for r in rows:
+        p_ids = tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True,
+                                        return_dict=True)["input_ids"]
+        ids = tok.apply_chat_template([*r["prompt"], *r["completion"]], tokenize=True, return_dict=True)["input_ids"]
+        if ids[:len(p_ids)] != p_ids:
+            raise CadaError(f"{model}: its chat template does not extend the prompt into the conversation "
+                            f"(row {r['id']}); the calibration pass needs one that does")
+        if len(ids) <= max_length:
+            encoded.append({"input_ids": ids, "labels": [-100] * len(p_ids) + ids[len(p_ids):]})
+            kept.append(r)
+    return encoded, kept
+
+
+def calibration_rows(prompts: list, answers: dict[str, str], spec, mode: str, model: str, max_length: int
+                     ) -> tuple[list[dict], list[dict], list[dict]]:
+    """The calibration pass' training rows, encoded and shuffled: the judgement line of every prompt, and whole
+    warm-up rows for the benign ones (with ``answers``) and the first half of the harmful ones. Returns the encoded
+    rows and the judgement and whole rows kept (readable)."""
+    import random
+
+    harmful = [p for p in prompts if p.label == "harmful"]
+    whole = [p for p in prompts if p.label == "benign"] + harmful[:len(harmful) // 2]
+    enc_j, kept_j = encode_judgement(judgement_set(prompts), model, max_length)
+    enc_w, kept_w = encode_rows(warmup_set(whole, [], spec, mode, answers), model, max_length)
+    data = enc_j + enc_w
+    random.Random(0).shuffle(data)
+    return data, kept_j, kept_w
+
+
+def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str, *, show_progress: bool = True
+                      ) -> tuple[str, dict]:
+    """The last pass (``calibration_per_label``) from ``policy`` into ``run/calibration/model``; resumable."""
+    from cada.data.pools import read_pool
+    from cada.models.generate import make_generator
+    from cada.train import train
+
+    out = run / "calibration"
+    model_dir = out / "model"
+    info: dict = {}
+    if not (model_dir / "config.json").exists():
+        prompts = read_pool(run / "pool" / "calibration.jsonl")
+        if not prompts:
+            raise CadaError(f"{run / 'pool' / 'calibration.jsonl'}: no prompt for the calibration pass (the pool "
+                            "is too small); lower calibration_per_label or turn it off")
+        t = time.perf_counter()
+        # the benign answers are the base model's own, as in the warm-up
+        gen = make_generator(cfg.model, base_url=cfg.base_url, batch_size=cfg.generation.batch_size,
+                             show_progress=show_progress)
+        answers = direct_answers([p for p in prompts if p.label == "benign"], gen, out / "answers.jsonl",
+                                 cfg.generation.max_new_tokens, show_progress=show_progress)
+        info["answer_seconds"] = round(time.perf_counter() - t, 1)
+        c = cfg.calibration_train
+        data, kept_j, kept_w = calibration_rows(prompts, answers, spec, mode, policy, c.max_length)
+        write_records(out / "judgement.jsonl", kept_j)  # readable; training takes the encoded, shuffled form
+        write_records(out / "warmup.jsonl", kept_w)
+        t = time.perf_counter()
+        train(policy, data, out, _sft_config(c, cfg.seed))
+        info["calibration_seconds"] = round(time.perf_counter() - t, 1)
+    for name in ("judgement", "warmup"):
+        rows = read_records(out / f"{name}.jsonl")
+        info[f"{name}_rows"] = {lab: sum(r["label"] == lab for r in rows) for lab in ("benign", "harmful")}
+    return str(model_dir), info
+
+
+def _sft_config(c: TrainCfg, seed: int):
+    """The training settings of an SFT stage (judgement, warm-up, calibration): merged, so the next stage and every
+    command can take the folder as ``--model``."""
+    from cada.train import TrainConfig
+
+    return TrainConfig(method="sft", learning_rate=c.learning_rate, epochs=c.epochs, batch_size=c.batch_size,
+                       grad_accum=c.grad_accum, lora_r=c.lora_r, top_layers=c.top_layers, max_length=c.max_length,
+                       merge=True, seed=seed)
+
+
 def train_judgement(cfg: AlignConfig, prompts: list, policy: str, out: Path) -> dict:
     """SFT ``policy`` on the judgement line of ``prompts`` into ``out/model`` (a finished one is reused)."""
-    from cada.train import TrainConfig, train
+    from cada.train import train
 
     info: dict = {}
     if not (out / "model" / "config.json").exists():
@@ -297,10 +409,7 @@ def train_judgement(cfg: AlignConfig, prompts: list, policy: str, out: Path) -> 
         info["judgement_dropped_too_long"] = len(rows) - len(kept)
         write_records(out / "judgement.jsonl", kept)  # readable; training takes the encoded form
         t = time.perf_counter()
-        train(policy, encoded, out, TrainConfig(
-            method="sft", learning_rate=j.learning_rate, epochs=j.epochs, batch_size=j.batch_size,
-            grad_accum=j.grad_accum, lora_r=j.lora_r, top_layers=j.top_layers, max_length=j.max_length,
-            merge=True, seed=cfg.seed))
+        train(policy, encoded, out, _sft_config(j, cfg.seed))
         info["judgement_seconds"] = round(time.perf_counter() - t, 1)
     info["judgement_examples"] = len(read_records(out / "judgement.jsonl"))
     return info
@@ -373,10 +482,7 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                     info.update(train_judgement(cfg, judgement_prompts(cfg, run), policy, rdir / "judgement"))
                     warm_from = str(rdir / "judgement" / "model")
                 w = cfg.warmup_train
-                train(warm_from, wpath, rdir / "warmup", TrainConfig(
-                    method="sft", learning_rate=w.learning_rate, epochs=w.epochs, batch_size=w.batch_size,
-                    grad_accum=w.grad_accum, lora_r=w.lora_r, top_layers=w.top_layers, max_length=w.max_length,
-                    merge=True, seed=cfg.seed))
+                train(warm_from, wpath, rdir / "warmup", _sft_config(w, cfg.seed))
             start_model = str(rdir / "warmup" / "model")
             info["warmup_examples"] = len(read_records(wpath))
             if cfg.judgement:
@@ -399,6 +505,8 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         info["train_seconds"] = round(time.perf_counter() - t1, 1)
         policy = str(model_dir)
         summary["rounds"].append(info)
+    if cfg.calibration_per_label and method == "dpo":
+        policy, summary["calibration"] = train_calibration(cfg, run, policy, spec, mode, show_progress=show_progress)
     summary["model"] = policy
     summary["seconds"] = round(time.perf_counter() - t_all, 1)
     (run / "summary.json").write_text(json.dumps(summary, indent=2))

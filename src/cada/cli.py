@@ -411,6 +411,9 @@ def align_cmd(
     judgement_per_label: Annotated[Optional[int], typer.Option(
         "--judgement-per-label", help="Judgement-stage prompts per label from the whole training pool (default: "
         "the warm-up prompts).")] = None,
+    calibration_per_label: Annotated[Optional[int], typer.Option(
+        "--calibration-per-label", help="After DPO, a last pass on this many fresh benign prompts and half as many "
+        "harmful ones (judgement lines and whole warm-up rows; off by default).")] = None,
     base_url: BaseUrlOpt = None,
 ) -> None:
     """Run one arm end to end: pools, self-generation, judged pairs/SFT set, training."""
@@ -419,7 +422,7 @@ def align_cmd(
     cfg = AlignConfig.from_yaml(config) if config else AlignConfig()
     upd = {"arm": arm, "model": model, "spec": str(spec) if spec else None, "rounds": rounds, "warmup": warmup,
            "base_url": base_url, "warmup_per_label": warmup_per_label, "judgement": judgement,
-           "judgement_per_label": judgement_per_label}
+           "judgement_per_label": judgement_per_label, "calibration_per_label": calibration_per_label}
     cfg = cfg.model_copy(update={k: v for k, v in upd.items() if v is not None})
     if pool is not None or limit is not None:
         cfg.pool = cfg.pool.model_copy(update={k: v for k, v in {"user_pool": str(pool) if pool else None,

@@ -110,11 +110,13 @@ class StudyConfig(_Cfg):
     judgement_per_label: int | None = None
     precedent_fallback: bool = True
     consistency: bool = False                 # DPO twins: same analysis, wrong answer (see AlignConfig)
+    calibration_per_label: int | None = None  # a last pass on fresh, mostly benign prompts (see AlignConfig)
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
     train: TrainCfg = TrainCfg()
     warmup_train: TrainCfg = TrainCfg(epochs=1.0)
     judgement_train: TrainCfg = TrainCfg(learning_rate=5e-5, epochs=2.0, lora_r=0, max_length=320)
+    calibration_train: TrainCfg = TrainCfg(learning_rate=1e-5, epochs=1.0, lora_r=0, max_length=1024)
     eval: EvalCfg = EvalCfg()
 
     def to_yaml(self) -> str:
@@ -131,8 +133,10 @@ class StudyConfig(_Cfg):
                            judgement=self.judgement, judgement_per_label=self.judgement_per_label,
                            judgement_model=judgement_model,
                            precedent_fallback=self.precedent_fallback, consistency=self.consistency,
+                           calibration_per_label=self.calibration_per_label,
                            pool=self.pool, generation=self.generation, train=self.train,
-                           warmup_train=self.warmup_train, judgement_train=self.judgement_train)
+                           warmup_train=self.warmup_train, judgement_train=self.judgement_train,
+                           calibration_train=self.calibration_train)
 
 
 def demo_config(model: str = "smollm2-135m") -> StudyConfig:
@@ -232,6 +236,9 @@ def _weights(cfg: StudyConfig, sets: list[tuple[EvalSet, list]], n_train: int) -
         n_warm = max(n_train, 2 * (cfg.warmup_per_label or 0))
         warm = (n_warm * 0.5 * cfg.warmup_train.epochs * per_ex + n_warm / 2 * 60.0) if cfg.warmup else 0.0
         training = n_train * per_ex * cfg.train.epochs + warm
+        if cfg.calibration_per_label and arm in ("cada", "da"):  # answers + judgement and whole rows, once
+            n_cal = cfg.calibration_per_label
+            training += n_cal * 60.0 + (1.5 * n_cal * 60.0 + 1.25 * n_cal * per_ex) * cfg.calibration_train.epochs
         stages.append((f"train {arm}", selfgen + training * cfg.rounds))
         stages.append((f"eval {arm}", gen_tokens * 1.3))
     stages.append(("utility", 500.0 * (1 + len(cfg.arms))))
@@ -449,8 +456,8 @@ def _pools(cfg: AlignConfig, out: Path, spec, sets: list[tuple[EvalSet, list]]) 
     if drop:
         train = [p for i, p in enumerate(train) if i not in drop]
         write_jsonl(out / "pool" / "train.jsonl", train)
-    # the warm-up and judgement prompts reach beyond the self-generation pool: the same check for them
-    for extra in ("warmup", "judgement"):
+    # the warm-up, judgement and calibration prompts reach beyond the self-generation pool: the same check for them
+    for extra in ("warmup", "judgement", "calibration"):
         path = out / "pool" / f"{extra}.jsonl"
         if path.exists():
             prompts = read_pool(path)
