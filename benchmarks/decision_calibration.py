@@ -15,8 +15,10 @@ pool prompts that no stage trained on (not the judgement stage's, not the warm-u
 ``--harmful``, disjoint from the validation split; more benign than harmful moves the line towards "benign"), either
 on the judgement line alone (``--rows judgement``: ``cada.align.encode_judgement``, the loss on the decision line, no
 end of turn after it) or on whole warm-up rows (``--rows warmup``: judgement, grounded analysis, and the refusal or
-the base model's own answer), and reports the validation scores, the 50 + 50 held-back keyword
-refusal rates and the 150 + 20 unused ones before and after.
+the base model's own answer), or on both shuffled into one pass (``--rows mixed``), and reports the validation
+scores, the 50 + 50 held-back keyword refusal rates and the 150 + 20 unused ones before and after. ``--max-length``
+(default 320) drops longer rows; at 1024 the long jailbreak-wrapped prompts are trained too (what the pipeline's
+calibration pass does: ``cada.align.train_calibration``).
 """
 
 from __future__ import annotations
@@ -62,6 +64,29 @@ def read_line(model: str, prompts: list) -> dict:
             "false_positives": fp}
 
 
+def encode_rows(rows: list[dict], model: str, max_length: int) -> tuple[list[dict], list[dict]]:
+    """Prompt/completion rows as token ids with the loss on the completion and its end of turn (what TRL's SFT
+    trainer does with them), so they can be shuffled together with ``cada.align.encode_judgement``'s rows. Returns the
+    encoded rows and the rows kept (longer ones are dropped)."""
+    from transformers import AutoTokenizer
+
+    from cada.models.load import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model))
+    encoded, kept = [], []
+    for r in rows:
+        p_ids = tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True,
+                                        return_dict=True)["input_ids"]
+        ids = tok.apply_chat_template([*r["prompt"], *r["completion"]], tokenize=True, return_dict=True)["input_ids"]
+        if ids[:len(p_ids)] != p_ids:
+            raise ValueError(f"{model}: its chat template does not extend the prompt into the conversation "
+                             f"(row {r['id']})")
+        if len(ids) <= max_length:
+            encoded.append({"input_ids": ids, "labels": [-100] * len(p_ids) + ids[len(p_ids):]})
+            kept.append(r)
+    return encoded, kept
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="runs/bench-judge2", help="an align_curve.py run (pool, warmup.jsonl)")
@@ -95,7 +120,7 @@ def main() -> None:
         write_result(result, a.out)
         return
 
-    from cada.align import direct_answers, encode_judgement, encode_rows, fit_length, judgement_set, warmup_set
+    from cada.align import direct_answers, encode_judgement, fit_length, judgement_set, warmup_set
     from cada.models.generate import LocalGenerator
     from cada.records import write_records
     from cada.spec import load_spec

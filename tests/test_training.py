@@ -182,34 +182,6 @@ def test_judgement_rows_teach_the_decision_without_ending_the_turn(tiny_model):
         assert tok.decode(e["input_ids"][:-len(target)]).endswith("assistant\n")
 
 
-def test_calibration_rows_mix_judgement_lines_with_whole_rows_that_end_the_turn(tiny_model, spec):
-    from transformers import AutoTokenizer
-
-    from cada.align import calibration_rows
-    from cada.data.pools import PoolPrompt
-    from cada.models.load import resolve_model
-
-    def pp(i, label, text):
-        return PoolPrompt(id=i, prompt=text, base_prompt="", label=label,
-                          category="none" if label == "benign" else "non_violent_crimes", source="user")
-
-    prompts = [pp("b1", "benign", "Name three rivers"), pp("b2", "benign", "Suggest a name for a cat"),
-               pp("h1", "harmful", "Help me steal a parked car"), pp("h2", "harmful", "Help me pick a stranger's lock")]
-    answers = {"b1": "The Nile, the Amazon and the Danube.", "b2": "I can't help with that."}
-    data, kept_j, kept_w = calibration_rows(prompts, answers, spec, "cases", tiny_model, 512)
-    assert [r["id"] for r in kept_j] == ["b1", "b2", "h1", "h2"]
-    assert [r["id"] for r in kept_w] == ["b1", "h1"]  # b2's own answer is a refusal; half of the harmful ones
-    assert len(data) == 6
-    tok = AutoTokenizer.from_pretrained(resolve_model(tiny_model))
-    targets = [tok.decode([t for t in e["labels"] if t != -100]) for e in data]
-    whole = [t for t in targets if "### Final Response" in t]
-    assert len(whole) == 2 and all(t.rstrip().endswith(tok.eos_token) for t in whole)
-    assert any("The Nile, the Amazon and the Danube." in t for t in whole)
-    lines = [t for t in targets if t not in whole]
-    assert sorted(lines) == sorted(r["completion"][0]["content"] for r in kept_j)  # no end of turn after those
-    assert calibration_rows(prompts, answers, spec, "cases", tiny_model, 512)[0] == data  # a fixed shuffle
-
-
 @pytest.mark.parametrize("method,lora", [("dpo", 8), ("sft", 0)])
 def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lora, capfd):
     from cada.models import LocalGenerator, SamplingParams
@@ -331,8 +303,13 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
     earlier = judged + warm_pool + read_records(run / "pool/train.jsonl")
     assert not {p["id"] for p in cal_pool} & {r["id"] for r in earlier}
     assert summary["model"] == str(run / "calibration/model")
-    cal_info = json.loads((run / "calibration/train_info.json").read_text())
-    assert cal_info["base_model"] == str(run / "round-1/train/model")
+    # first the judgement lines (from the DPO model), then whole warm-up rows (from that)
+    cal_judged = read_records(run / "calibration/judgement/judgement.jsonl")
+    assert {r["id"] for r in cal_judged} == {p["id"] for p in cal_pool}
+    assert json.loads((run / "calibration/judgement/train_info.json").read_text())["base_model"] == str(
+        run / "round-1/train/model")
+    assert json.loads((run / "calibration/train_info.json").read_text())["base_model"] == str(
+        run / "calibration/judgement/model")
     assert len(read_records(run / "calibration/answers.jsonl")) == 4  # the base model's own benign answers
     assert summary["calibration"]["judgement_rows"] == {"benign": 4, "harmful": 2}
     whole = read_records(run / "calibration/warmup.jsonl")
@@ -340,7 +317,7 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
         summary["calibration"]["warmup_rows"].values())
     held = {json.loads(x)["prompt"] for x in (run / "pool/heldout.jsonl").read_text().splitlines()}
     trained = {r["prompt"][0]["content"] for r in read_records(run / "round-1/pairs.jsonl")}
-    for f in ("round-1/warmup.jsonl", "round-1/judgement/judgement.jsonl", "calibration/judgement.jsonl",
+    for f in ("round-1/warmup.jsonl", "round-1/judgement/judgement.jsonl", "calibration/judgement/judgement.jsonl",
               "calibration/warmup.jsonl"):
         trained |= {r["prompt"][0]["content"] for r in read_records(run / f)}
     assert not held & trained

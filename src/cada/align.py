@@ -104,11 +104,12 @@ class AlignConfig(_Cfg):
     # follow the decision (pairs.dpo_pairs; docs/training.md: the benign refusals left after the warm-up were
     # answers that contradict a "benign" analysis)
     consistency: bool = False
-    # a last pass on fresh pool prompts, more benign than harmful, after DPO: the judgement line of each (as in the
-    # judgement stage) shuffled with whole warm-up rows (judgement, grounded analysis, refusal or the base model's
-    # own answer), one pass at a low learning rate. Moves the line towards "benign" on look-alikes without the stop
-    # after the judgement line a judgement-only pass brings back (docs/training.md). Benign prompts per label;
-    # half as many harmful (judgement rows), of which half also give whole rows. DPO arms only.
+    # a last pass on fresh pool prompts, more benign than harmful, after DPO: their judgement lines (as in the
+    # judgement stage), then whole warm-up rows (judgement, grounded analysis, refusal or the base model's own answer),
+    # one epoch each at a low learning rate. Moves the line towards "benign" on look-alikes; the whole rows, long
+    # enough for jailbreak-wrapped prompts, keep the answer going after the judgement line (docs/training.md).
+    # Benign prompts; half as many harmful ones (half of those also give whole rows), set aside before any other
+    # stage draws its prompts. DPO arms only.
     calibration_per_label: int | None = None
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
@@ -313,60 +314,30 @@ def encode_judgement(rows: list[dict], model: str, max_length: int) -> tuple[lis
     return encoded, kept
 
 
-def encode_rows(rows: list[dict], model: str, max_length: int) -> tuple[list[dict], list[dict]]:
-    """Prompt/completion rows as token ids with the loss on the completion and its end of turn (what TRL's SFT
-    trainer does with them), so they can be shuffled together with :func:`encode_judgement`'s rows. Returns the
-    encoded rows and the rows kept (longer ones are dropped)."""
-    from transformers import AutoTokenizer
-
-    from cada.models.load import resolve_model
-
-    tok = AutoTokenizer.from_pretrained(resolve_model(model))
-    encoded, kept = [], []
-    for r in rows:
-        p_ids = tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True,
-                                        return_dict=True)["input_ids"]
-        ids = tok.apply_chat_template([*r["prompt"], *r["completion"]], tokenize=True, return_dict=True)["input_ids"]
-        if ids[:len(p_ids)] != p_ids:
-            raise CadaError(f"{model}: its chat template does not extend the prompt into the conversation "
-                            f"(row {r['id']}); the calibration pass needs one that does")
-        if len(ids) <= max_length:
-            encoded.append({"input_ids": ids, "labels": [-100] * len(p_ids) + ids[len(p_ids):]})
-            kept.append(r)
-    return encoded, kept
-
-
-def calibration_rows(prompts: list, answers: dict[str, str], spec, mode: str, model: str, max_length: int
-                     ) -> tuple[list[dict], list[dict], list[dict]]:
-    """The calibration pass' training rows, encoded and shuffled: the judgement line of every prompt, and whole
-    warm-up rows for the benign ones (with ``answers``) and the first half of the harmful ones. Returns the encoded
-    rows and the judgement and whole rows kept (readable)."""
-    import random
-
-    harmful = [p for p in prompts if p.label == "harmful"]
-    whole = [p for p in prompts if p.label == "benign"] + harmful[:len(harmful) // 2]
-    enc_j, kept_j = encode_judgement(judgement_set(prompts), model, max_length)
-    enc_w, kept_w = encode_rows(warmup_set(whole, [], spec, mode, answers), model, max_length)
-    data = enc_j + enc_w
-    random.Random(0).shuffle(data)
-    return data, kept_j, kept_w
-
-
 def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str, *, show_progress: bool = True
                       ) -> tuple[str, dict]:
-    """The last pass (``calibration_per_label``) from ``policy`` into ``run/calibration/model``; resumable."""
+    """The last pass (``calibration_per_label``) from ``policy``, resumable: the judgement line of every
+    calibration prompt (``run/calibration/judgement``), then whole warm-up rows -- the benign prompts with the base
+    model's own answer and the first half of the harmful ones -- into ``run/calibration/model``."""
     from cada.data.pools import read_pool
     from cada.models.generate import make_generator
     from cada.train import train
 
     out = run / "calibration"
-    model_dir = out / "model"
+    model_dir, jdir = out / "model", out / "judgement"
+    c = cfg.calibration_train
     info: dict = {}
     if not (model_dir / "config.json").exists():
         prompts = read_pool(run / "pool" / "calibration.jsonl")
         if not prompts:
             raise CadaError(f"{run / 'pool' / 'calibration.jsonl'}: no prompt for the calibration pass (the pool "
                             "is too small); lower calibration_per_label or turn it off")
+        if not (jdir / "model" / "config.json").exists():
+            encoded, kept = encode_judgement(judgement_set(prompts), policy, c.max_length)
+            write_records(jdir / "judgement.jsonl", kept)  # readable; training takes the encoded form
+            t = time.perf_counter()
+            train(policy, encoded, jdir, _sft_config(c, cfg.seed))
+            info["judgement_seconds"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
         # the benign answers are the base model's own, as in the warm-up
         gen = make_generator(cfg.model, base_url=cfg.base_url, batch_size=cfg.generation.batch_size,
@@ -374,15 +345,15 @@ def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str,
         answers = direct_answers([p for p in prompts if p.label == "benign"], gen, out / "answers.jsonl",
                                  cfg.generation.max_new_tokens, show_progress=show_progress)
         info["answer_seconds"] = round(time.perf_counter() - t, 1)
-        c = cfg.calibration_train
-        data, kept_j, kept_w = calibration_rows(prompts, answers, spec, mode, policy, c.max_length)
-        write_records(out / "judgement.jsonl", kept_j)  # readable; training takes the encoded, shuffled form
-        write_records(out / "warmup.jsonl", kept_w)
+        harmful = [p for p in prompts if p.label == "harmful"]
+        whole = [p for p in prompts if p.label == "benign"] + harmful[:len(harmful) // 2]
+        rows, _ = fit_length(warmup_set(whole, [], spec, mode, answers), policy, c.max_length)
+        write_records(out / "warmup.jsonl", rows)
         t = time.perf_counter()
-        train(policy, data, out, _sft_config(c, cfg.seed))
-        info["calibration_seconds"] = round(time.perf_counter() - t, 1)
-    for name in ("judgement", "warmup"):
-        rows = read_records(out / f"{name}.jsonl")
+        train(str(jdir / "model"), out / "warmup.jsonl", out, _sft_config(c, cfg.seed))
+        info["warmup_seconds"] = round(time.perf_counter() - t, 1)
+    for name, path in (("judgement", jdir / "judgement.jsonl"), ("warmup", out / "warmup.jsonl")):
+        rows = read_records(path)
         info[f"{name}_rows"] = {lab: sum(r["label"] == lab for r in rows) for lab in ("benign", "harmful")}
     return str(model_dir), info
 
