@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cada.errors import CadaError
 from cada.pairs import dpo_pairs, sft_set
 from cada.records import read_records
 from cada.selfgen import SelfGenConfig, self_generate
@@ -313,8 +315,9 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
     assert len(read_records(run / "calibration/answers.jsonl")) == 4  # the base model's own benign answers
     assert summary["calibration"]["judgement_rows"] == {"benign": 4, "harmful": 2}
     whole = read_records(run / "calibration/warmup.jsonl")
-    assert summary["calibration"]["warmup_rows"]["harmful"] == 1 and len(whole) == sum(
-        summary["calibration"]["warmup_rows"].values())
+    assert [r["id"] for r in whole if r["label"] == "harmful"] == [
+        p["id"] for p in cal_pool if p["label"] == "harmful"][:1]  # half of the harmful prompts get whole rows
+    assert all("### Final Response" in r["completion"][0]["content"] for r in whole)
     held = {json.loads(x)["prompt"] for x in (run / "pool/heldout.jsonl").read_text().splitlines()}
     trained = {r["prompt"][0]["content"] for r in read_records(run / "round-1/pairs.jsonl")}
     for f in ("round-1/warmup.jsonl", "round-1/judgement/judgement.jsonl", "calibration/judgement/judgement.jsonl",
@@ -329,10 +332,20 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
     assert (run / "round-1/train/model/config.json").stat().st_mtime == mtime
     assert (run / "round-1/judgement/model/config.json").stat().st_mtime == jtime
     assert (run / "calibration/model/config.json").stat().st_mtime == ctime
-    assert again["model"] == summary["model"] and again["calibration"]["warmup_rows"] == summary["calibration"][
-        "warmup_rows"]
+    assert again["model"] == summary["model"]
+    # killed between its two epochs: the calibration pass keeps its judgement model and trains the rest
+    cjtime = (run / "calibration/judgement/model/config.json").stat().st_mtime
+    shutil.rmtree(run / "calibration/model")
+    align(cfg, run, show_progress=False)
+    assert (run / "calibration/judgement/model/config.json").stat().st_mtime == cjtime
+    assert (run / "calibration/model/config.json").is_file()
+    assert (run / "round-1/train/model/config.json").stat().st_mtime == mtime
     with pytest.raises(Exception, match="another config"):
         align(cfg.model_copy(update={"seed": 1}), run, show_progress=False)
+    with pytest.raises(CadaError, match="calibration pass follows DPO"):
+        align(cfg.model_copy(update={"arm": "sft-dr"}), tmp_path / "sft", show_progress=False)
+    with pytest.raises(CadaError, match="too few benign prompts"):
+        align(cfg.model_copy(update={"calibration_per_label": 50}), tmp_path / "big", show_progress=False)
 
 
 def test_ddp_training_with_two_cpu_processes(tmp_path, tiny_model, spec):

@@ -110,7 +110,7 @@ class AlignConfig(_Cfg):
     # enough for jailbreak-wrapped prompts, keep the answer going after the judgement line (docs/training.md).
     # Benign prompts; half as many harmful ones (half of those also give whole rows), set aside before any other
     # stage draws its prompts. DPO arms only.
-    calibration_per_label: int | None = None
+    calibration_per_label: int | None = Field(None, ge=1)
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
     train: TrainCfg = TrainCfg()
@@ -143,10 +143,15 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
     train, near = P.drop_near_heldout(train, held)
     report["train_near_heldout_dropped"] = near
     calibration = []
-    if cfg.calibration_per_label:  # set aside first, so that no other stage trains on them
+    if cfg.calibration_per_label:  # set aside first, so that no other stage trains on them or on a near duplicate
         calibration = calibration_draw(train, cfg.calibration_per_label, cfg.seed + 3)
         reserved = {p.id for p in calibration}
-        train = [p for p in train if p.id not in reserved]
+        train, report["train_near_calibration_dropped"] = P.drop_near_heldout(
+            [p for p in train if p.id not in reserved], calibration)
+        for label in ("benign", "harmful"):
+            if not any(p.label == label for p in calibration) or not any(p.label == label for p in train):
+                raise CadaError(f"calibration_per_label {cfg.calibration_per_label}: the pool has too few {label} "
+                                "prompts to set some aside for the calibration pass and train on the rest; lower it")
     everything = train
     if cfg.pool.limit_per_label:
         train = _balanced(train, cfg.pool.limit_per_label, cfg.seed)
@@ -333,7 +338,9 @@ def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str,
             raise CadaError(f"{run / 'pool' / 'calibration.jsonl'}: no prompt for the calibration pass (the pool "
                             "is too small); lower calibration_per_label or turn it off")
         if not (jdir / "model" / "config.json").exists():
-            encoded, kept = encode_judgement(judgement_set(prompts), policy, c.max_length)
+            # the judgement lines at the judgement stage's length: a long jailbreak-wrapped prompt trained on the
+            # line alone learns to stop after it; the whole rows below, up to c.max_length, teach the answer
+            encoded, kept = encode_judgement(judgement_set(prompts), policy, cfg.judgement_train.max_length)
             write_records(jdir / "judgement.jsonl", kept)  # readable; training takes the encoded form
             t = time.perf_counter()
             train(policy, encoded, jdir, _sft_config(c, cfg.seed))
@@ -345,6 +352,7 @@ def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str,
         answers = direct_answers([p for p in prompts if p.label == "benign"], gen, out / "answers.jsonl",
                                  cfg.generation.max_new_tokens, show_progress=show_progress)
         info["answer_seconds"] = round(time.perf_counter() - t, 1)
+        del gen  # the base model is not needed while training
         harmful = [p for p in prompts if p.label == "harmful"]
         whole = [p for p in prompts if p.label == "benign"] + harmful[:len(harmful) // 2]
         rows, _ = fit_length(warmup_set(whole, [], spec, mode, answers), policy, c.max_length)
@@ -394,6 +402,9 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
     from cada.spec.schema import load_spec
     from cada.train import TrainConfig, train
 
+    if cfg.calibration_per_label and ARMS[cfg.arm][1] != "dpo":
+        raise CadaError(f"calibration_per_label: the calibration pass follows DPO; arm {cfg.arm!r} has none "
+                        "(leave it unset)")
     run = Path(output)
     run.mkdir(parents=True, exist_ok=True)
     saved = run / "config.yaml"

@@ -110,7 +110,7 @@ class StudyConfig(_Cfg):
     judgement_per_label: int | None = None
     precedent_fallback: bool = True
     consistency: bool = False                 # DPO twins: same analysis, wrong answer (see AlignConfig)
-    calibration_per_label: int | None = None  # a last pass on fresh, mostly benign prompts (see AlignConfig)
+    calibration_per_label: int | None = Field(None, ge=1)  # DPO arms: a last pass on fresh prompts (AlignConfig)
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
     train: TrainCfg = TrainCfg()
@@ -133,7 +133,7 @@ class StudyConfig(_Cfg):
                            judgement=self.judgement, judgement_per_label=self.judgement_per_label,
                            judgement_model=judgement_model,
                            precedent_fallback=self.precedent_fallback, consistency=self.consistency,
-                           calibration_per_label=self.calibration_per_label,
+                           calibration_per_label=self.calibration_per_label if arm in ("cada", "da") else None,
                            pool=self.pool, generation=self.generation, train=self.train,
                            warmup_train=self.warmup_train, judgement_train=self.judgement_train,
                            calibration_train=self.calibration_train)
@@ -236,10 +236,11 @@ def _weights(cfg: StudyConfig, sets: list[tuple[EvalSet, list]], n_train: int) -
         n_warm = max(n_train, 2 * (cfg.warmup_per_label or 0))
         warm = (n_warm * 0.5 * cfg.warmup_train.epochs * per_ex + n_warm / 2 * 60.0) if cfg.warmup else 0.0
         training = n_train * per_ex * cfg.train.epochs + warm
+        calibration = 0.0
         if cfg.calibration_per_label and arm in ("cada", "da"):  # answers + judgement and whole rows, once
             n_cal = cfg.calibration_per_label
-            training += n_cal * 60.0 + (1.5 * n_cal * 60.0 + 1.25 * n_cal * per_ex) * cfg.calibration_train.epochs
-        stages.append((f"train {arm}", selfgen + training * cfg.rounds))
+            calibration = n_cal * 60.0 + (1.5 * n_cal * 60.0 + 1.25 * n_cal * per_ex) * cfg.calibration_train.epochs
+        stages.append((f"train {arm}", selfgen + training * cfg.rounds + calibration))
         stages.append((f"eval {arm}", gen_tokens * 1.3))
     stages.append(("utility", 500.0 * (1 + len(cfg.arms))))
     stages.append(("report", 200.0))
@@ -322,7 +323,8 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
 
     # 1. pools, shared by every arm
     pool_dir = out / "pool"
-    first = cfg.arm_config(cfg.arms[0] if cfg.arms else "cada")
+    # a DPO arm's config draws the pools, so that the calibration prompts are set aside when it has a pass
+    first = cfg.arm_config(next((a for a in cfg.arms if a in ("cada", "da")), cfg.arms[0] if cfg.arms else "cada"))
     pool_done = (pool_dir / "report.json").exists() and "study_overlap" in json.loads(
         (pool_dir / "report.json").read_text())
     train_prompts, _, pool_report = clock.run("pools", lambda: _pools(first, out, spec, sets), cached=pool_done)
