@@ -17,8 +17,9 @@ on the judgement line alone (``--rows judgement``: ``cada.align.encode_judgement
 end of turn after it) or on whole warm-up rows (``--rows warmup``: judgement, grounded analysis, and the refusal or
 the base model's own answer), or on both shuffled into one pass (``--rows mixed``), and reports the validation
 scores, the 50 + 50 held-back keyword refusal rates and the 150 + 20 unused ones before and after. ``--max-length``
-(default 320) drops longer rows; at 1024 the long jailbreak-wrapped prompts are trained too (what the pipeline's
-calibration pass does: ``cada.align.train_calibration``).
+(default 320) drops longer rows; at 1024 the long jailbreak-wrapped prompts are trained too. The pipeline's
+calibration pass (``cada.align.train_calibration``) is ``--rows judgement`` at 320 followed by ``--rows warmup`` at
+1024 on the same prompts.
 """
 
 from __future__ import annotations
