@@ -137,7 +137,12 @@ def test_study_config_errors_name_the_file_and_field(tmp_path):
 
 def test_shipped_presets_load_and_use_only_evaluation_sets_for_evaluation():
     full = StudyConfig.from_yaml(ROOT / "configs" / "embedded-full.yaml")
-    assert full.model == "smollm2-135m" and full.pool.limit_per_label is None  # the full training pools
+    assert full.model == "smollm2-135m"
+    # the judgement stage and the warm-up draw from the whole pool, beyond the self-generation prompts, and every
+    # stage is full fine-tuning as measured (docs/training.md)
+    assert full.judgement_per_label > full.warmup_per_label > full.pool.limit_per_label
+    assert full.judgement and full.consistency and full.calibration_per_label
+    assert {c.lora_r for c in (full.train, full.warmup_train, full.judgement_train, full.calibration_train)} == {0}
     assert set(full.arms) >= {"cada", "da"}
     demo = demo_config()
     assert demo.eval.sets() == SUITES["demo"]
