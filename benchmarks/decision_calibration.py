@@ -105,9 +105,17 @@ def main() -> None:
     ap.add_argument("--warmup-harmful", type=int, default=150, help="with --rows mixed: harmful whole rows")
     ap.add_argument("--max-length", type=int, default=320,
                     help="longer rows are dropped (raise it so long jailbreak-wrapped prompts are trained)")
+    ap.add_argument("--hard-repeat", type=int, default=1,
+                    help="judgement rows of hard prompts (benign ones the start model scores above -margin, harmful "
+                         "ones below +margin) are trained this many times")
+    ap.add_argument("--hard-margin", type=float, default=1.0)
+    ap.add_argument("--hard-labels", choices=["both", "benign"], default="both",
+                    help="mine near misses of both labels or of the benign prompts only")
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--eval-tokens", type=int, default=128)
+    ap.add_argument("--validation-only", action="store_true",
+                    help="after the pass, read the validation split only (no held-back or unused keyword rates)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "decision_calibration.json"))
     a = ap.parse_args()
 
@@ -133,6 +141,21 @@ def main() -> None:
     random.Random(0).shuffle(chosen)
     if a.rows in ("judgement", "mixed"):
         encoded, kept_j = encode_judgement(judgement_set(chosen), a.model, a.max_length)
+        if a.hard_repeat > 1:  # hard-example mining on the decision: the start model's near misses, repeated
+            s = dict(zip((r["id"] for r in kept_j), scores(a.model, [r["prompt"][0]["content"] for r in kept_j])))
+            hard = [i for i, r in enumerate(kept_j) if (s[r["id"]] > -a.hard_margin if r["label"] == "benign"
+                                                        else a.hard_labels == "both"
+                                                        and r["category"] != "suicide_self_harm"
+                                                        and s[r["id"]] < a.hard_margin)]
+            result["hard"] = {"benign": sum(kept_j[i]["label"] == "benign" for i in hard),
+                              "harmful": sum(kept_j[i]["label"] == "harmful" for i in hard),
+                              "benign_prompts": [kept_j[i]["prompt"][0]["content"][:90] for i in hard
+                                                 if kept_j[i]["label"] == "benign"]}
+            print("hard", {k: v for k, v in result["hard"].items() if k != "benign_prompts"}, flush=True)
+            encoded = encoded + [encoded[i] for i in hard for _ in range(a.hard_repeat - 1)]
+            kept_j = kept_j + [kept_j[i] for i in hard for _ in range(a.hard_repeat - 1)]
+            random.Random(2).shuffle(idx := list(range(len(encoded))))
+            encoded, kept_j = [encoded[i] for i in idx], [kept_j[i] for i in idx]
         write_records(a.calibrate / "judgement.jsonl", kept_j)
         data, kept = encoded, kept_j
     if a.rows in ("warmup", "mixed"):
@@ -164,6 +187,9 @@ def main() -> None:
     final = str(a.calibrate / "model")
     result["final"] = {"validation": read_line(final, sp["validation"])}
     print("final", {k: v for k, v in result["final"]["validation"].items() if k != "false_positives"}, flush=True)
+    if a.validation_only:
+        write_result(result, a.out)
+        return
     result["final"]["heldout"] = refusal_rates(final, sp["heldout"], a.calibrate / "eval-heldout", a.eval_tokens)
     print("heldout", result["final"]["heldout"], flush=True)
     result["final"]["unused"] = refusal_rates(final, sp["unused"], a.calibrate / "eval-unused", a.eval_tokens)
