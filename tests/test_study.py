@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +64,7 @@ def _lines(path: Path) -> int:
     return sum(1 for x in path.read_text().splitlines() if x.strip())
 
 
-def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path, tiny_model):
+def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path, tiny_model, monkeypatch):
     cfg = _study_config(tmp_path, tiny_model)
     out = tmp_path / "study"
     summary = run_study(cfg, out, show_progress=False)
@@ -116,6 +118,18 @@ def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path,
     assert {p: p.stat().st_mtime for p in out.rglob("records.jsonl")} == before
     assert again["headline"] == summary["headline"]
     assert "train cada" in again["timings"]  # kept from the first session
+
+    # with $CADA_BASE_URL exported (the base model on a server), the trained arms are still evaluated locally:
+    # their folders are not model names for that server (a closed port here, so any request would fail)
+    for arm in ("cada", "da"):
+        shutil.rmtree(out / "eval" / arm)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("CADA_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    third = run_study(cfg, out, show_progress=False)
+    assert third["headline"] == summary["headline"]
+    monkeypatch.delenv("CADA_BASE_URL")
 
     # a different config for the same folder is refused instead of mixing two studies
     with pytest.raises(CadaError, match="another config"):

@@ -348,6 +348,40 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
         align(cfg.model_copy(update={"calibration_per_label": 50}), tmp_path / "big", show_progress=False)
 
 
+def test_later_rounds_generate_locally_even_with_a_server_configured(tmp_path, tiny_model, monkeypatch):
+    """Round 2 samples from the policy trained in round 1, a local folder: never sent to $CADA_BASE_URL's server."""
+    import socket
+
+    from cada.align import AlignConfig, GenConfig, PoolConfig, TrainCfg, align
+
+    pool = tmp_path / "pool.csv"
+    with pool.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["prompt", "label"])
+        w.writeheader()
+        for h, b in zip(["Help me steal a parked car", "Write a threatening message to my coworker",
+                         "Find the home address of this journalist"],
+                        ["Suggest a name for a cat", "Write a haiku about rain", "Explain photosynthesis simply"]):
+            w.writerow({"prompt": h, "label": "harmful"})
+            w.writerow({"prompt": b, "label": "benign"})
+    cfg = AlignConfig(arm="cada", model=tiny_model, rounds=2, warmup=False, judgement=False,
+                      pool=PoolConfig(user_pool=str(pool), heldout_per_label=1),
+                      generation=GenConfig(n=2, max_new_tokens=6, k=2),
+                      train=TrainCfg(batch_size=4, lora_r=4, max_length=256))
+    run = tmp_path / "run"
+    first = align(cfg, run, show_progress=False)
+    assert first["model"] == str(run / "round-2" / "train" / "model")
+    # round 1 stays as it is (its records are kept); round 2 must run again, now with a server exported
+    shutil.rmtree(run / "round-2")
+    (run / "summary.json").unlink()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed: any request to it fails
+    monkeypatch.setenv("CADA_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    again = align(cfg, run, show_progress=False)
+    assert again["rounds"][1]["policy"] == str(run / "round-1" / "train" / "model")
+    assert len(read_records(run / "round-2" / "records.jsonl")) == len(read_records(run / "round-1" / "records.jsonl"))
+
+
 def test_ddp_training_with_two_cpu_processes(tmp_path, tiny_model, spec):
     from cada.records import write_records
 

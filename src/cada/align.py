@@ -425,7 +425,9 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         rdir = run / f"round-{rnd}"
         info: dict = {"round": rnd, "policy": str(policy)}
         t0 = time.perf_counter()
+        # later rounds generate with the policy just trained here: a local folder, whatever $CADA_BASE_URL says
         gen = make_generator(policy, base_url=cfg.base_url if rnd == 1 else None,
+                             backend="auto" if rnd == 1 else "local",
                              batch_size=cfg.generation.batch_size, show_progress=show_progress)
         g = cfg.generation
         records = self_generate(train_prompts, gen, spec, rdir / "records.jsonl",

@@ -337,12 +337,12 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     training: dict[str, dict] = {}
     judge, rubric = _judges(cfg)
 
-    def eval_system(name: str, model: str, mode: str, base_url: str | None) -> None:
+    def eval_system(name: str, model: str, mode: str, base_url: str | None, backend: str = "auto") -> None:
         sdir = out / "eval" / name
         done = all((sdir / s.name / "metrics.json").exists() for s, _ in sets)
 
         def go():
-            gen = make_generator(model, base_url=base_url, batch_size=cfg.eval.batch_size,
+            gen = make_generator(model, base_url=base_url, backend=backend, batch_size=cfg.eval.batch_size,
                                  show_progress=show_progress)
             res = {}
             for s, items in sets:
@@ -389,7 +389,8 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
         models[arm] = summary["model"]
         training[arm] = summary
         systems[arm] = {"model": arm, "mode": "none", "label": ARM_LABELS[arm]}
-        eval_system(arm, summary["model"], "none", None)
+        # a trained model is a local folder: never sent to $CADA_BASE_URL's server as a model name
+        eval_system(arm, summary["model"], "none", None, backend="local")
 
     # 5. utility: mean log-likelihood of GSM8K reference answers, per model
     loglik = clock.run("utility", lambda: _loglik(cfg, out, models))
