@@ -59,6 +59,40 @@ def test_bad_input_gets_one_line_error(args, needle):
     assert "Traceback" not in res.stderr
 
 
+def test_bad_files_and_values_are_one_line_errors_before_anything_is_written(tmp_path):
+    (tmp_path / "torn.jsonl").write_text('{"prompt": "x"\n')
+    (tmp_path / "text.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "recs.jsonl").write_text('{"prompt": "x", "label": "benign"}\n')
+    (tmp_path / "p.csv").write_text("prompt\nhello\n")
+    for args, needle in [
+        (["train", "--data", "torn.jsonl", "-o", "t1"], "torn.jsonl:1: not a JSON object"),
+        (["train", "--data", "text.jsonl", "-o", "t2"], "text.jsonl:1: a dpo row needs prompt/chosen/rejected"),
+        (["train", "--data", "text.jsonl", "--method", "grpo", "-o", "t3"], "a grpo row needs prompt"),
+        (["pairs", "--records", "recs.jsonl", "-o", "pairs.jsonl"], "recs.jsonl: record 1 lacks id, sample"),
+        (["pairs", "--records", "recs.jsonl", "--kind", "sft", "-o", "pairs.jsonl"], "--kind 'sft'"),
+        (["generate", "--mode", "bogus", "-o", "g.jsonl"], "--mode 'bogus'"),
+        (["eval", "--dataset", "p.csv", "--kind", "bogus", "-o", "e"], "--kind 'bogus'"),
+        (["align", "--arm", "bogus", "-o", "a"], "arm: Input should be"),
+    ]:
+        res = subprocess.run([sys.executable, "-m", "cada.cli", *args], capture_output=True, text=True,
+                             timeout=120, env=ENV, cwd=tmp_path)
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+        assert res.returncode == 1 and len(errors) == 1 and needle in errors[0], (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "recs.jsonl", "text.jsonl", "torn.jsonl"]
+    # numbers that make no sense are refused by the option itself
+    res = cada("eval", "--benchmark", "gsm8k", "--templates", "0", "-o", str(tmp_path / "e"))
+    assert res.returncode == 2 and "--templates" in res.stderr
+
+
+def test_help_fits_a_narrow_terminal():
+    res = subprocess.run([sys.executable, "-m", "cada.cli", "align", "--help"], capture_output=True, text=True,
+                         timeout=60, env={**ENV, "COLUMNS": "80"})
+    assert res.returncode == 0
+    assert "--calibration-per-label" in res.stdout and "--judgement-per-label" in res.stdout
+    assert max(len(line) for line in res.stdout.splitlines()) <= 80
+
+
 def test_malformed_spec_for_reason(tmp_path):
     bad = tmp_path / "spec.yaml"
     bad.write_text("cases: [\n")

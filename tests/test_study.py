@@ -139,7 +139,11 @@ def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path,
 def test_study_config_errors_name_the_file_and_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("arms: [cada, nonsense]\n")
-    with pytest.raises(CadaError, match=r"bad.yaml: arms.1"):
+    with pytest.raises(CadaError, match=r"bad.yaml:1: arms.1"):
+        StudyConfig.from_yaml(bad)
+    # a nested field: its own line, and how many more problems there are
+    bad.write_text("name: x\ntrain:\n  epochs: 1\n  lora_r: many\nbogus: 1\n")
+    with pytest.raises(CadaError, match=r"bad.yaml:4: train.lora_r: .*integer.* \(\+1 more\)$"):
         StudyConfig.from_yaml(bad)
     broken = tmp_path / "broken.yaml"
     broken.write_text("eval: {suite: [\n")
@@ -158,6 +162,12 @@ def test_shipped_presets_load_and_use_only_evaluation_sets_for_evaluation():
     assert full.judgement and full.consistency and full.calibration_per_label
     assert {c.lora_r for c in (full.train, full.warmup_train, full.judgement_train, full.calibration_train)} == {0}
     assert set(full.arms) >= {"cada", "da"}
+    from cada.align import AlignConfig
+
+    one = AlignConfig.from_yaml(ROOT / "configs" / "align-cada.yaml")  # the README's `cada align --config` example
+    assert one.arm == "cada" and one.calibration_per_label and one.train.sft_weight
+    with pytest.raises(CadaError, match=r"embedded-full.yaml: a study's config .*cada study --config"):
+        AlignConfig.from_yaml(ROOT / "configs" / "embedded-full.yaml")
     demo = demo_config()
     assert demo.eval.sets() == SUITES["demo"]
     items = [it for s in demo.eval.sets() for it in eval_items(s)]

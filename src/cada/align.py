@@ -40,14 +40,13 @@ class _Cfg(BaseModel):
     def from_yaml(cls, path: str | Path) -> "_Cfg":
         from pydantic import ValidationError
 
-        from cada.errors import read_yaml_file
+        from cada.errors import read_yaml_file, validation_message
 
         data = read_yaml_file(path)
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            err = e.errors()[0]
-            raise CadaError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            raise CadaError(validation_message(e, path)) from None
 
 
 class PoolConfig(_Cfg):
@@ -120,6 +119,16 @@ class AlignConfig(_Cfg):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "AlignConfig":
+        from cada.errors import read_yaml_file
+
+        data = read_yaml_file(path)
+        if isinstance(data, dict) and ("arms" in data or "base_modes" in data):
+            raise CadaError(f"{path}: a study's config (it lists arms), not one arm's: run it with "
+                            f"`cada study --config {path}`")
+        return super().from_yaml(path)
 
 
 def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
@@ -402,9 +411,12 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
     from cada.spec.schema import load_spec
     from cada.train import TrainConfig, train
 
+    from cada.models.load import resolve_model
+
     if cfg.calibration_per_label and ARMS[cfg.arm][1] != "dpo":
         raise CadaError(f"calibration_per_label: the calibration pass follows DPO; arm {cfg.arm!r} has none "
                         "(leave it unset)")
+    resolve_model(cfg.model)  # training needs local weights: a typo fails here, before any stage runs
     run = Path(output)
     run.mkdir(parents=True, exist_ok=True)
     saved = run / "config.yaml"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,14 +17,22 @@ from rich.table import Table
 from cada import __version__
 from cada.errors import CadaError
 
+# help: rich panels on a wide terminal; on a narrow one (< 100 columns) they would cut long option names such as
+# --calibration-per-label, so click's plain help, which wraps instead, up to 120 columns
+_WIDE = {"max_content_width": 120}
+_MARKUP = "rich" if shutil.get_terminal_size((120, 24)).columns >= 100 else None
+_VLLM_EXTRA = "\\[vllm]" if _MARKUP else "[vllm]"  # rich would read [vllm] as markup and drop it
 app = typer.Typer(help="Case-Augmented Deliberative Alignment: safer LLMs from statutes and precedents.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  context_settings=_WIDE, rich_markup_mode=_MARKUP)
 spec_app = typer.Typer(help="Inspect and validate safety specs (statutes, codes, precedents).",
-                       no_args_is_help=True)
-model_app = typer.Typer(help="Prepare and inspect models.", no_args_is_help=True)
+                       no_args_is_help=True, context_settings=_WIDE, rich_markup_mode=_MARKUP)
+model_app = typer.Typer(help="Prepare models (the embedded one is converted once, then cached).",
+                        no_args_is_help=True, context_settings=_WIDE, rich_markup_mode=_MARKUP)
 judge_app = typer.Typer(help="Judge final responses: the offline refusal judge or the StrongREJECT rubric "
                         "judge over an OpenAI-compatible server; train and calibrate the refusal judge.",
-                        invoke_without_command=True, no_args_is_help=True)
+                        invoke_without_command=True, no_args_is_help=True, context_settings=_WIDE,
+                        rich_markup_mode=_MARKUP)
 app.add_typer(spec_app, name="spec")
 app.add_typer(model_app, name="model")
 app.add_typer(judge_app, name="judge")
@@ -42,8 +51,16 @@ BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", envvar="CADA_BA
 ApiKeyOpt = Annotated[Optional[str], typer.Option("--api-key", envvar="CADA_API_KEY", show_default=False,
                                                   help="API key for --base-url (better: set CADA_API_KEY).")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto (HTTP with --base-url, else local) | local | http "
-                                         "| vllm (offline engine; pip install 'cada[vllm]').")]
+                                         "| vllm (offline engine; pip install "
+                                         f"'cada{_VLLM_EXTRA}').")]
 TPOpt = Annotated[int, typer.Option("--tensor-parallel-size", help="GPUs for --backend vllm.")]
+JudgeUrlOpt = Annotated[Optional[str], typer.Option("--judge-base-url", "--base-url", envvar="CADA_JUDGE_BASE_URL",
+                                                    help="OpenAI-compatible server of the rubric judge.")]
+JudgeModelOpt = Annotated[Optional[str], typer.Option("--judge-model", "--model", "-m",
+                                                      help="Rubric judge model name on that server.")]
+JudgeKeyOpt = Annotated[Optional[str], typer.Option("--judge-api-key", "--api-key", envvar="CADA_JUDGE_API_KEY",
+                                                    show_default=False, help="API key of the judge server (better: "
+                                                    "set CADA_JUDGE_API_KEY; else CADA_API_KEY is used).")]
 ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", help="Requests in flight over HTTP.")]
 
 
@@ -198,14 +215,13 @@ def judge_cmd(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="JSONL: every input row plus label "
                                                    "(and the rubric scores).")] = None,
     judge: Annotated[str, typer.Option("--judge", help="refusal (offline) | rubric (StrongREJECT, needs "
-                                       "--base-url).")] = "refusal",
+                                       "--judge-base-url).")] = "refusal",
     response_column: ResponseColOpt = "response",
     prompt_column: PromptColOpt = None,
     head: HeadOpt = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Rubric judge model name on the "
-                                                 "server.")] = None,
-    base_url: BaseUrlOpt = None,
-    api_key: ApiKeyOpt = None,
+    model: JudgeModelOpt = None,
+    base_url: JudgeUrlOpt = None,
+    api_key: JudgeKeyOpt = None,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Rubric judge requests in flight.")] = 8,
 ) -> None:
     """Judge every row of a file: cada judge --input FILE --response-column COL --output OUT.jsonl."""
@@ -218,7 +234,8 @@ def judge_cmd(
     generator = None
     if judge == "rubric":
         if not base_url:
-            raise CadaError("--judge rubric needs --base-url (and --model) of an OpenAI-compatible server")
+            raise CadaError("--judge rubric needs --judge-base-url (or $CADA_JUDGE_BASE_URL) and --judge-model of "
+                            "an OpenAI-compatible server")
         from cada.models.generate import OpenAIGenerator
 
         generator = OpenAIGenerator(base_url, model or "default", api_key=api_key, concurrency=concurrency)
@@ -292,7 +309,8 @@ def generate_cmd(
     k: Annotated[int, typer.Option("--k", help="Precedents in context (0 = all).")] = 6,
     temperature: Annotated[float, typer.Option("--temperature")] = 0.9,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 192,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many prompts per label.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many prompts per label.")
+                     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
@@ -302,9 +320,14 @@ def generate_cmd(
 ) -> None:
     """Self-generate N judged safety-reasoning chains per prompt (resumable JSONL records)."""
     from cada.models.generate import make_generator
+    from cada.reasoning import Mode
     from cada.selfgen import SelfGenConfig, self_generate, summarize
     from cada.spec.schema import load_spec
 
+    try:
+        Mode(mode)
+    except ValueError:
+        raise CadaError(f"--mode {mode!r}: use cases, codes or none") from None
     s = load_spec(spec)
     prompts = _pool_prompts(pool, limit, seed)
     gen = make_generator(model, base_url=base_url, api_key=api_key, backend=backend,
@@ -332,8 +355,16 @@ def pairs_cmd(
 
     if not records.is_file():
         raise CadaError(f"{records}: records file not found")
+    if kind not in ("dpo", "sft-dr", "sft-sc", "sft-cr"):
+        raise CadaError(f"--kind {kind!r}: use dpo, sft-dr, sft-sc or sft-cr")
     s = load_spec(spec)
     recs = read_records(records)
+    need = ("id", "prompt", "label", "sample", "response", "judge", "reward")
+    for i, r in enumerate(recs, 1):
+        missing = [c for c in need if c not in r]
+        if missing:
+            raise CadaError(f"{records}: record {i} lacks {', '.join(missing)}: give records written by "
+                            "`cada generate`")
     if kind == "dpo":
         rows, stats = dpo_pairs(recs, s, precedent_fallback=not no_fallback, consistency=consistency)
     elif kind in ("sft-dr", "sft-sc", "sft-cr"):
@@ -396,7 +427,7 @@ def align_cmd(
     spec: SpecOpt = None,
     pool: Annotated[Optional[Path], typer.Option("--pool", help="Your own prompt pool (CSV/JSON/JSONL with "
                                                  "prompt,label[,category]).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Training prompts per label (CPU-sized "
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Training prompts per label (CPU-sized "
                                                  "runs).")] = None,
     n: Annotated[Optional[int], typer.Option("--n", help="Chains per prompt.")] = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="Regenerate with the trained policy and "
@@ -417,7 +448,10 @@ def align_cmd(
     base_url: BaseUrlOpt = None,
 ) -> None:
     """Run one arm end to end: pools, self-generation, judged pairs/SFT set, training."""
+    from pydantic import ValidationError
+
     from cada.align import AlignConfig, align
+    from cada.errors import validation_message
 
     cfg = AlignConfig.from_yaml(config) if config else AlignConfig()
     upd = {"arm": arm, "model": model, "spec": str(spec) if spec else None, "rounds": rounds, "warmup": warmup,
@@ -431,8 +465,8 @@ def align_cmd(
         cfg.generation = cfg.generation.model_copy(update={"n": n})
     try:
         cfg = AlignConfig.model_validate(cfg.model_dump())
-    except Exception as e:  # pydantic ValidationError -> one line
-        raise CadaError(f"invalid settings: {str(e).splitlines()[1:3]}") from None
+    except ValidationError as e:
+        raise CadaError(validation_message(e)) from None
     summary = align(cfg, output)
     out.print_json(data=summary)
 
@@ -465,6 +499,7 @@ def eval_cmd(
                                                     "prompts.")] = None,
     prompt_column: Annotated[str, typer.Option("--prompt-column", help="Prompt column of --dataset.")] = "prompt",
     kind: Annotated[Optional[str], typer.Option("--kind", help="harmful | benign | utility (with --dataset).")] = None,
+    spec: SpecOpt = None,
     reference_column: Annotated[Optional[str], typer.Option("--reference-column", help="Reference answers "
                                                             "(utility sets).")] = None,
     benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="A shipped benchmark: "
@@ -478,8 +513,8 @@ def eval_cmd(
     attack_file: Annotated[Optional[Path], typer.Option("--attack-file", help="CSV of ready-made attack "
                                                         "prompts (column --attack-column).")] = None,
     attack_column: Annotated[str, typer.Option("--attack-column")] = "prompt",
-    templates: Annotated[int, typer.Option("--templates", help="In-the-wild templates per prompt.")] = 2,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="First N prompts (before wrapping).")] = None,
+    templates: Annotated[int, typer.Option("--templates", min=1, help="In-the-wild templates per prompt.")] = 2,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="First N prompts (before wrapping).")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 192,
     k: Annotated[int, typer.Option("--k", help="Precedents in context for --mode cases (0 = all).")] = 6,
     judge: Annotated[str, typer.Option("--judge", help="refusal (offline) | rubric (StrongREJECT rubric over "
@@ -488,6 +523,10 @@ def eval_cmd(
                                                           help="OpenAI-compatible server for the rubric "
                                                           "judge.")] = None,
     judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Model name on that server.")] = None,
+    judge_api_key: Annotated[Optional[str], typer.Option("--judge-api-key", envvar="CADA_JUDGE_API_KEY",
+                                                         show_default=False, help="API key of the judge server "
+                                                         "(better: set CADA_JUDGE_API_KEY; else CADA_API_KEY).")
+                             ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     base_url: BaseUrlOpt = None,
@@ -518,6 +557,8 @@ def eval_cmd(
             raise CadaError(f"{dataset}: dataset file not found")
         if kind is None:
             raise CadaError("--kind is required with --dataset: harmful, benign or utility")
+        if kind not in ("harmful", "benign", "utility"):
+            raise CadaError(f"--kind {kind!r}: use harmful, benign or utility")
         sets = [EvalSet(name=dataset.stem, file=str(dataset), prompt_column=prompt_column, kind=kind,
                         reference_column=reference_column, limit=limit, attacks=attack or [], templates=templates,
                         attack_file=str(attack_file) if attack_file else None, attack_column=attack_column)]
@@ -536,12 +577,14 @@ def eval_cmd(
 
         if not judge_base_url:
             raise CadaError("--judge rubric needs --judge-base-url (or $CADA_JUDGE_BASE_URL)")
-        rubric = RubricJudge(make_generator(judge_model, base_url=judge_base_url, api_key=api_key))
+        # the judge's own key: the policy server's --api-key is never sent to another server
+        rubric = RubricJudge(make_generator(judge_model, base_url=judge_base_url, api_key=judge_api_key,
+                                            backend="http"))
     loaded = [(s, eval_items(s)) for s in sets]
     for s, items in loaded:
         if not items:
             raise CadaError(f"{s.name}: no prompts to evaluate")
-    s = load_spec()
+    s = load_spec(spec)
     gen = make_generator(model, base_url=base_url, api_key=api_key, batch_size=batch_size, backend=backend,
                          tensor_parallel_size=tensor_parallel_size, concurrency=concurrency)
     j = RefusalJudge.load()

@@ -18,3 +18,43 @@ def read_yaml_file(path) -> object:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise CadaError(f"{path}:{mark.line + 1 if mark else 0}: malformed YAML") from None
+
+
+def validation_message(e, path=None) -> str:
+    """One line for a pydantic ``ValidationError``: the first problem's field (with its file and line when the
+    settings came from a YAML file) and how many more there are."""
+    errs = e.errors()
+    first = errs[0]
+    loc = tuple(first["loc"])
+    where = ".".join(map(str, loc)) or "settings"
+    more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
+    prefix = f"{path}:{yaml_line(path, loc)}: " if path is not None else ""
+    return f"{prefix}{where}: {first['msg']}{more}"
+
+
+def yaml_line(path, loc: tuple) -> int:
+    """The 1-based line of the YAML node at ``loc`` (the deepest one that exists; 1 when none does)."""
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        node = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return 1
+    if node is None:
+        return 1
+    line = node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if pair is None:
+                break
+            line = pair[0].start_mark.line + 1  # the key's line (a scalar value sits on it)
+            node = pair[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

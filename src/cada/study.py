@@ -12,6 +12,7 @@ it stopped.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from datetime import datetime, timezone
@@ -81,7 +82,7 @@ class EvalCfg(_Cfg):
     k: int = 6                                # precedents in the prompt for the base model's cases mode
     batch_size: int = 16
     judge: Literal["refusal", "rubric"] = "refusal"
-    judge_base_url: str | None = None         # rubric judge: OpenAI-compatible server (key from CADA_API_KEY)
+    judge_base_url: str | None = None         # rubric judge server (key: $CADA_JUDGE_API_KEY, else CADA_API_KEY)
     judge_model: str | None = None
     loglik_n: int = 32                        # GSM8K reference answers scored for log-likelihood (0 = skip)
 
@@ -296,7 +297,13 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     from cada.models.generate import make_generator
     from cada.spec.schema import load_spec
 
+    from cada.models.load import resolve_model
+
     console = console or Console(stderr=True, quiet=not show_progress)
+    # mistakes that would otherwise surface only after the pools and the base evaluations
+    if cfg.arms:
+        resolve_model(cfg.model)  # the arms train on local weights
+    judge, rubric = _judges(cfg)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.yaml"
@@ -335,7 +342,6 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     models: dict[str, str] = {"base": cfg.model}
     metrics: dict[str, dict] = {}
     training: dict[str, dict] = {}
-    judge, rubric = _judges(cfg)
 
     def eval_system(name: str, model: str, mode: str, base_url: str | None, backend: str = "auto") -> None:
         sdir = out / "eval" / name
@@ -435,7 +441,8 @@ def _judges(cfg: StudyConfig):
 
         if not cfg.eval.judge_base_url:
             raise CadaError("eval.judge_base_url: the rubric judge needs an OpenAI-compatible server")
-        rubric = RubricJudge(make_generator(cfg.eval.judge_model, base_url=cfg.eval.judge_base_url))
+        rubric = RubricJudge(make_generator(cfg.eval.judge_model, base_url=cfg.eval.judge_base_url, backend="http",
+                                            api_key=os.environ.get("CADA_JUDGE_API_KEY")))
     return RefusalJudge.load(), rubric
 
 

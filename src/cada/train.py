@@ -113,7 +113,13 @@ def _peft(cfg: TrainConfig):
                       target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def _dataset(path_or_rows):
+# the columns each method reads (any one of the alternatives); see ``train``'s docstring
+_COLUMNS = {"dpo": [("prompt", "chosen", "rejected")],
+            "sft": [("messages",), ("prompt", "completion"), ("text",), ("input_ids",)],
+            "grpo": [("prompt",)]}
+
+
+def _dataset(path_or_rows, method: str = "dpo"):
     from datasets import Dataset, load_dataset
 
     if isinstance(path_or_rows, list):
@@ -121,11 +127,31 @@ def _dataset(path_or_rows):
     path = Path(path_or_rows)
     if not path.is_file():
         raise CadaError(f"{path}: training data not found")
-    with path.open(encoding="utf-8") as f:
-        empty = not any(line.strip() for line in f)  # stops at the first row
-    if empty:
-        raise CadaError(f"{path}: the training set is empty: nothing to train on")
+    check_rows(path, method)
     return load_dataset("json", data_files=str(path), split="train")
+
+
+def check_rows(path: Path, method: str) -> None:
+    """One-line errors, naming the line, for a training file TRL could not read or would fail on mid-run."""
+    shapes = _COLUMNS.get(method, [()])
+    rows = 0
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CadaError(f"{path}:{i}: not a JSON object ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise CadaError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+            if not any(all(c in row for c in shape) for shape in shapes):
+                want = " or ".join("/".join(shape) for shape in shapes)
+                raise CadaError(f"{path}:{i}: a {method} row needs {want}; this one has "
+                                f"{', '.join(sorted(row)) or 'no fields'}")
+            rows += 1
+    if not rows:
+        raise CadaError(f"{path}: the training set is empty: nothing to train on")
 
 
 def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfig(), *,
@@ -141,9 +167,9 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
     from cada.models.load import resolve_model
 
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    dataset = _dataset(data, config.method)  # checked before anything is written or loaded
     source = resolve_model(model)
-    dataset = _dataset(data)
+    output.mkdir(parents=True, exist_ok=True)
     if len(dataset) == 0:
         raise CadaError("the training set is empty: nothing to train on")
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
