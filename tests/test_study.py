@@ -53,7 +53,7 @@ def _study_config(tmp_path: Path, tiny_model: str) -> StudyConfig:
                             "attacks": ["prefix_injection", "refusal_suppression"]},
                            {"name": "xstest-safe", "limit": 2},
                            {"name": "gsm8k", "limit": 2}],
-                 "max_new_tokens": 8, "k": 2, "loglik_n": 2},
+                 "max_new_tokens": 8, "k": 2, "loglik_n": 2, "heldout": True},
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -86,6 +86,12 @@ def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path,
                                                                                "refusal_suppression"}
         h = summary["headline"][name]
         assert 0 <= h["harmful_refusal"] <= 1 and 0 <= h["benign_refusal"] <= 1
+        # the pools' held-back prompts: answered by every system, reported apart from the benchmarks
+        for label in ("harmful", "benign"):
+            m = summary["metrics"][name][f"heldout-{label}"]
+            assert m["n"] == 1 and h[f"heldout_{label}_refusal"] == m["refused_or_partial_rate"]["value"]
+        assert h["harmful_refusal"] == summary["metrics"][name]["strongreject-small"]["refused_or_partial_rate"][
+            "value"]
         assert h["reference_loglik"] < 0
     # the codes / cases systems really put the spec in the prompt; the trained arms do not (context distillation)
     codes = json.loads((out / "eval" / "base-codes" / "xstest-safe" / "records.jsonl").read_text().splitlines()[0])

@@ -29,6 +29,9 @@ HEADLINE = [
     ("benign_refusal", "Benign over-refusal ↓", "lower"),
     ("gsm8k_accuracy", "GSM8K accuracy ↑", "higher"),
     ("reference_loglik", "Ref. log-lik ↑", "higher"),
+    # with eval.heldout: the held-back prompts of the training pools (in distribution, never trained on)
+    ("heldout_harmful_refusal", "Held-back pool harmful ↑", "higher"),
+    ("heldout_benign_refusal", "Held-back pool benign ↓", "lower"),
 ]
 # per-benchmark table: the rates shown for each kind of benchmark
 KIND_RATES = {
@@ -153,7 +156,7 @@ def headline_from_metrics(summary: dict) -> dict[str, dict]:
                 num, den = num + v * n, den + n
         return round(num / den, 4) if den else None
 
-    benches = summary["benchmarks"]
+    benches = {b: d for b, d in summary["benchmarks"].items() if not d.get("heldout")}  # not benchmarks
     harmful = [b for b, d in benches.items() if d.get("kind") == "harmful" and not _is_jailbreak(b, d)]
     jailbreak = [b for b, d in benches.items() if d.get("kind") == "harmful" and _is_jailbreak(b, d)]
     benign = [b for b, d in benches.items() if d.get("kind") == "benign"]

@@ -85,6 +85,9 @@ class EvalCfg(_Cfg):
     judge_base_url: str | None = None         # rubric judge server (key: $CADA_JUDGE_API_KEY, else CADA_API_KEY)
     judge_model: str | None = None
     loglik_n: int = 32                        # GSM8K reference answers scored for log-likelihood (0 = skip)
+    # also answer the training pools' held-back prompts (harmful and benign, never trained on): the in-distribution
+    # check of docs/training.md, reported apart from the benchmarks (heldout-harmful, heldout-benign)
+    heldout: bool = False
 
     def sets(self) -> list[EvalSet]:
         if isinstance(self.suite, str):
@@ -249,9 +252,9 @@ def _weights(cfg: StudyConfig, sets: list[tuple[EvalSet, list]], n_train: int) -
 
 
 def _headline(metrics: dict[str, dict], sets: dict[str, dict], loglik: float | None) -> dict:
-    def pooled(pred) -> float | None:
+    def pooled(chosen: dict, pred) -> float | None:
         num = den = 0.0
-        for name, info in sets.items():
+        for name, info in chosen.items():
             m = metrics.get(name)
             if m and pred(info) and m.get("n"):
                 key = "accuracy" if info["kind"] == "utility" else "refused_or_partial_rate"
@@ -260,11 +263,17 @@ def _headline(metrics: dict[str, dict], sets: dict[str, dict], loglik: float | N
                     den += m["n"]
         return round(num / den, 4) if den else None
 
-    return {"harmful_refusal": pooled(lambda i: i["kind"] == "harmful" and not i.get("attacks")),
-            "jailbreak_refusal": pooled(lambda i: i["kind"] == "harmful" and bool(i.get("attacks"))),
-            "benign_refusal": pooled(lambda i: i["kind"] == "benign"),
-            "gsm8k_accuracy": pooled(lambda i: i["kind"] == "utility"),
-            "reference_loglik": loglik}
+    bench = {k: v for k, v in sets.items() if not v.get("heldout")}
+    held = {k: v for k, v in sets.items() if v.get("heldout")}
+    out = {"harmful_refusal": pooled(bench, lambda i: i["kind"] == "harmful" and not i.get("attacks")),
+           "jailbreak_refusal": pooled(bench, lambda i: i["kind"] == "harmful" and bool(i.get("attacks"))),
+           "benign_refusal": pooled(bench, lambda i: i["kind"] == "benign"),
+           "gsm8k_accuracy": pooled(bench, lambda i: i["kind"] == "utility"),
+           "reference_loglik": loglik}
+    if held:
+        out["heldout_harmful_refusal"] = pooled(held, lambda i: i["kind"] == "harmful")
+        out["heldout_benign_refusal"] = pooled(held, lambda i: i["kind"] == "benign")
+    return out
 
 
 def _verdict(headline: dict) -> dict:
@@ -337,6 +346,10 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     train_prompts, _, pool_report = clock.run("pools", lambda: _pools(first, out, spec, sets), cached=pool_done)
     overlap = {"removed_for_eval_overlap": pool_report.get("removed_for_eval_overlap"),
                "train_prompts": len(train_prompts), **pool_report["study_overlap"]}
+    if cfg.eval.heldout:  # the pools' held-back prompts, one set per label
+        sets = sets + _heldout_sets(pool_dir)
+        set_info.update({s.name: {"kind": _kind(items), "n": len(items), "heldout": True}
+                         for s, items in sets if s.name.startswith("heldout-")})
 
     systems: dict[str, dict] = {}
     models: dict[str, str] = {"base": cfg.model}
@@ -429,6 +442,23 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     summary["wall_seconds"] = round(prior + time.perf_counter() - t_start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _heldout_sets(pool_dir: Path) -> list[tuple[EvalSet, list]]:
+    """The training pools' held-back prompts as two evaluation sets (``heldout-harmful``, ``heldout-benign``)."""
+    from cada.data.pools import read_pool, write_jsonl
+
+    held = read_pool(pool_dir / "heldout.jsonl")
+    out = []
+    for label in ("harmful", "benign"):
+        path = pool_dir / f"heldout-{label}.jsonl"
+        if not path.exists():
+            write_jsonl(path, [p for p in held if p.label == label])
+        s = EvalSet(name=f"heldout-{label}", file=str(path), kind=label)
+        items = eval_items(s)
+        if items:
+            out.append((s, items))
+    return out
 
 
 def _judges(cfg: StudyConfig):
