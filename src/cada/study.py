@@ -223,7 +223,7 @@ class _Clock:
 def _weights(cfg: StudyConfig, sets: list[tuple[EvalSet, list]], n_train: int) -> list[tuple[str, float]]:
     """Rough relative cost of each stage (units: generated tokens at batch size; only ratios matter)."""
     mode_cost = {"none": 1.0, "cases": 1.6, "codes": 4.0}
-    n_items = sum(len(items) for _, items in sets)
+    n_items = sum(len(items) for _, items in sets) + (2 * cfg.pool.heldout_per_label if cfg.eval.heldout else 0)
     gen_tokens = n_items * cfg.eval.max_new_tokens
     stages: list[tuple[str, float]] = [("pools", 2000.0)]
     for m in cfg.base_modes:
