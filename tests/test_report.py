@@ -285,3 +285,14 @@ def test_category_rates_are_pooled_over_harmful_benchmarks_by_n():
     # Violent crimes: 10 prompts at 1.0 (strongreject-small) + 30 at 0.5 (jailbreak) -> 0.625 over 40
     assert rates["cada"]["Violent crimes"] == {"value": 0.625, "n": 40}
     assert rates["base-none"]["Violent crimes"] == {"value": 0.5, "n": 40}
+
+
+def test_a_small_run_says_it_shows_the_pipeline_not_the_quality():
+    from cada.report import summary_text
+
+    base = {"systems": {"cada": {"label": "CADA"}}, "benchmarks": {"sr": {"kind": "harmful", "n": 4}},
+            "training": {"cada": {"seconds": 1}}}
+    small = summary_text({**base, "config": {"pool": {"limit_per_label": 24}}})
+    assert "24 prompts per label" in small and "configs/embedded-full.yaml" in small
+    assert "prompts per label" not in summary_text({**base, "config": {"pool": {"limit_per_label": 250}}})
+    assert "prompts per label" not in summary_text({**base, "config": {"pool": {"limit_per_label": None}}})

@@ -423,6 +423,12 @@ def summary_text(summary: dict) -> str:
         text += f" The base model is {base}; the trained arms start from it."
     if summary.get("judge"):
         text += f" Final responses were judged by {summary['judge']}."
+    cfg = summary.get("config") if isinstance(summary.get("config"), dict) else {}
+    limit = (cfg.get("pool") or {}).get("limit_per_label") if isinstance(cfg.get("pool"), dict) else None
+    if isinstance(limit, int) and limit < 100 and summary.get("training"):
+        text += (f" The arms self-generated on {limit} prompts per label: a size that shows the pipeline at work, "
+                 "not what the method reaches with the whole training pools (docs/training.md in the cada "
+                 "repository; configs/embedded-full.yaml).")
     return text
 
 
