@@ -215,6 +215,37 @@ def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lor
     assert len(gen.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=3))[0]) == 1
 
 
+def test_a_killed_training_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model, spec):
+    from cada.train import TrainConfig, train
+
+    records = [rec(p, label, i, judge, reward, category="none" if label == "benign" else "violent_crimes")
+               for p, label in (("a", "harmful"), ("b", "harmful"), ("c", "benign"), ("d", "benign"))
+               for i, judge, reward in ((0, "comply", 1.0 if label == "benign" else -1.0),
+                                        (1, "refuse", -1.0 if label == "benign" else 1.0))]
+    rows = sft_set(records, spec, "cr")[0]
+    # 4 rows, batch 1, 2 epochs: 8 steps, a checkpoint every 2; all kept here so a kill can be staged
+    cfg = TrainConfig(method="sft", lora_r=0, batch_size=1, epochs=2, report_to="none", max_length=256,
+                      extra={"save_total_limit": 10})
+    run = tmp_path / "run"
+    train(tiny_model, rows, run, cfg)
+    steps = sorted(int(p.name.split("-")[1]) for p in (run / "trainer").glob("checkpoint-*"))
+    assert steps == [2, 4, 6, 8]
+    # killed after step 4: the later checkpoints and the model were never written
+    for s in (6, 8):
+        shutil.rmtree(run / "trainer" / f"checkpoint-{s}")
+    shutil.rmtree(run / "model")
+    train(tiny_model, rows, run, cfg)
+    info = json.loads((run / "train_info.json").read_text())
+    assert info["resumed_from"] == "checkpoint-4" and info["steps"] == 8
+    assert (run / "model" / "config.json").is_file()
+    # other data in the same folder: no resume, and the stale checkpoints are gone before it trains
+    train(tiny_model, rows[:2], run, cfg)
+    info = json.loads((run / "train_info.json").read_text())
+    assert "resumed_from" not in info and info["steps"] == 4
+    # its own checkpoints only (a quarter of 4 steps: every step); those of 6 and 8 steps were removed
+    assert sorted(int(p.name.split("-")[1]) for p in (run / "trainer").glob("checkpoint-*")) == [1, 2, 3, 4]
+
+
 def test_dpo_sft_weight_adds_the_chosen_nll_to_the_loss(tmp_path, tiny_model, spec):
     from cada.train import TrainConfig, train
 

@@ -92,7 +92,8 @@ def _common_args(cfg: TrainConfig, output: Path) -> dict:
     args = dict(output_dir=str(output / "trainer"), learning_rate=cfg.learning_rate,
                 num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
                 gradient_accumulation_steps=cfg.grad_accum, seed=cfg.seed, logging_steps=cfg.logging_steps,
-                report_to=_report_to(cfg.report_to), save_strategy="epoch",
+                # a checkpoint every quarter of the run (the last one kept), so a killed run resumes from it
+                report_to=_report_to(cfg.report_to), save_strategy="steps", save_steps=0.25,
                 save_total_limit=1, warmup_steps=cfg.warmup_ratio,  # < 1: a ratio of all steps
                 lr_scheduler_type="cosine", bf16=bf16,
                 use_cpu=not cuda, dataloader_num_workers=0)
@@ -186,12 +187,42 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         trainer = _trainer(config, policy, tokenizer, dataset, args, reward_funcs)
         _quiet_progress(trainer, output)
-        result = trainer.train()
+        resume = _checkpoint_to_resume(output / "trainer", _fingerprint(model, dataset, config))
+        result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
-    return _save(trainer, tokenizer, output, config, {"train_seconds": round(seconds, 1),
-                                                      "examples": len(dataset), "base_model": str(model),
-                                                      "steps": result.global_step,
-                                                      "train_loss": round(result.training_loss, 4)})
+    info = {"train_seconds": round(seconds, 1), "examples": len(dataset), "base_model": str(model),
+            "steps": result.global_step, "train_loss": round(result.training_loss, 4)}
+    if resume:
+        info["resumed_from"] = Path(resume).name
+    return _save(trainer, tokenizer, output, config, info)
+
+
+def _fingerprint(model: str, dataset, config: TrainConfig) -> str:
+    """What a checkpoint must have been trained on to be resumed: the model, the data and every setting."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([str(model), asdict(config)], sort_keys=True, default=str).encode())
+    for row in dataset:  # the rows themselves (a datasets fingerprint can differ between processes)
+        h.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _checkpoint_to_resume(trainer_dir: Path, fingerprint: str) -> str | None:
+    """The latest checkpoint of an interrupted run on the same model, data and settings; else None (and stale
+    checkpoints of another run are removed, so the new run cannot mix with them)."""
+    import shutil
+
+    stamp = trainer_dir / "cada_fingerprint.txt"
+    checkpoints = sorted(trainer_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+                         if p.name.split("-")[-1].isdigit() else -1)
+    same = stamp.is_file() and stamp.read_text().strip() == fingerprint
+    if not same:
+        for c in checkpoints:
+            shutil.rmtree(c, ignore_errors=True)
+        trainer_dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint)
+        return None
+    return str(checkpoints[-1]) if checkpoints else None
 
 
 def _trainer(config: TrainConfig, policy, tokenizer, dataset, args: dict, reward_funcs):
