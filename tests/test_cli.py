@@ -65,8 +65,8 @@ def test_bad_files_and_values_are_one_line_errors_before_anything_is_written(tmp
     (tmp_path / "recs.jsonl").write_text('{"prompt": "x", "label": "benign"}\n')
     (tmp_path / "p.csv").write_text("prompt\nhello\n")
     for args, needle in [
-        (["train", "--data", "torn.jsonl", "-o", "t1"], "torn.jsonl:1: not a JSON object"),
-        (["train", "--data", "text.jsonl", "-o", "t2"], "text.jsonl:1: a dpo row needs prompt/chosen/rejected"),
+        (["train", "--data", "torn.jsonl", "-o", "t1"], "torn.jsonl:1:15: bad JSON"),
+        (["train", "--data", "text.jsonl", "-o", "t2"], "text.jsonl: row 1: a dpo row needs prompt/chosen/rejected"),
         (["train", "--data", "text.jsonl", "--method", "grpo", "-o", "t3"], "a grpo row needs prompt"),
         (["pairs", "--records", "recs.jsonl", "-o", "pairs.jsonl"], "recs.jsonl: record 1 lacks id, sample"),
         (["pairs", "--records", "recs.jsonl", "--kind", "sft", "-o", "pairs.jsonl"], "--kind 'sft'"),

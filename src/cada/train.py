@@ -133,26 +133,20 @@ def _dataset(path_or_rows, method: str = "dpo"):
 
 
 def check_rows(path: Path, method: str) -> None:
-    """One-line errors, naming the line, for a training file TRL could not read or would fail on mid-run."""
-    shapes = _COLUMNS.get(method, [()])
-    rows = 0
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CadaError(f"{path}:{i}: not a JSON object ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise CadaError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-            if not any(all(c in row for c in shape) for shape in shapes):
-                want = " or ".join("/".join(shape) for shape in shapes)
-                raise CadaError(f"{path}:{i}: a {method} row needs {want}; this one has "
-                                f"{', '.join(sorted(row)) or 'no fields'}")
-            rows += 1
+    """One-line errors, naming the row, for a training file TRL could not read or would fail on mid-run."""
+    from cada.judges.io import read_rows
+
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        raise CadaError(f"{path}: training data is JSONL (one JSON object a line), as `cada pairs` writes it")
+    rows = read_rows(path)
     if not rows:
         raise CadaError(f"{path}: the training set is empty: nothing to train on")
+    shapes = _COLUMNS.get(method, [()])
+    for i, row in enumerate(rows, 1):
+        if not any(all(c in row for c in shape) for shape in shapes):
+            want = " or ".join("/".join(shape) for shape in shapes)
+            raise CadaError(f"{path}: row {i}: a {method} row needs {want}; this one has "
+                            f"{', '.join(sorted(row)) or 'no fields'}")
 
 
 def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfig(), *,
