@@ -18,21 +18,19 @@ from cada import __version__
 from cada.errors import CadaError
 
 # help: rich panels on a wide terminal; on a narrow one (< 100 columns) they would cut long option names such as
-# --calibration-per-label, so click's plain help, which wraps instead, up to 120 columns
-_WIDE = {"max_content_width": 120}
+# --calibration-per-label, so click's plain help there, which wraps instead
 _MARKUP = "rich" if shutil.get_terminal_size((120, 24)).columns >= 100 else None
 _VLLM_EXTRA = "\\[vllm]" if _MARKUP else "[vllm]"  # rich would read [vllm] as markup and drop it
 app = typer.Typer(help="Case-Augmented Deliberative Alignment: safer LLMs from statutes and precedents.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  context_settings=_WIDE, rich_markup_mode=_MARKUP)
+                  rich_markup_mode=_MARKUP)
 spec_app = typer.Typer(help="Inspect and validate safety specs (statutes, codes, precedents).",
-                       no_args_is_help=True, context_settings=_WIDE, rich_markup_mode=_MARKUP)
+                       no_args_is_help=True, rich_markup_mode=_MARKUP)
 model_app = typer.Typer(help="Prepare models (the embedded one is converted once, then cached).",
-                        no_args_is_help=True, context_settings=_WIDE, rich_markup_mode=_MARKUP)
+                        no_args_is_help=True, rich_markup_mode=_MARKUP)
 judge_app = typer.Typer(help="Judge final responses: the offline refusal judge or the StrongREJECT rubric "
                         "judge over an OpenAI-compatible server; train and calibrate the refusal judge.",
-                        invoke_without_command=True, no_args_is_help=True, context_settings=_WIDE,
-                        rich_markup_mode=_MARKUP)
+                        invoke_without_command=True, no_args_is_help=True, rich_markup_mode=_MARKUP)
 app.add_typer(spec_app, name="spec")
 app.add_typer(model_app, name="model")
 app.add_typer(judge_app, name="judge")
