@@ -411,13 +411,15 @@ def run_details(summary: dict) -> dict:
 
 
 def summary_text(summary: dict) -> str:
-    benches = []
+    benches, held = [], []
     for b, d in summary["benchmarks"].items():
         extra = f"; attacks: {', '.join(map(str, d['attacks']))}" if d.get("attacks") else ""
-        benches.append(f"{b} ({d.get('kind', '?')}, n = {d.get('n', '?')}{extra})")
+        (held if d.get("heldout") else benches).append(f"{b} ({d.get('kind', '?')}, n = {d.get('n', '?')}{extra})")
     labels = [_label(summary, s) for s in summary["systems"]]
     text = (f"This study evaluated {len(labels)} system{'s' * (len(labels) != 1)} ({'; '.join(labels)}) on "
             f"{len(benches)} benchmark{'s' * (len(benches) != 1)}: {'; '.join(benches)}.")
+    if held:
+        text += f" They also answered the training pools' held-back prompts: {'; '.join(held)}."
     base = (summary.get("models") or {}).get("base")
     if base:
         text += f" The base model is {base}; the trained arms start from it."
