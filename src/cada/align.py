@@ -37,12 +37,17 @@ class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     @classmethod
+    def _check_source(cls, data, path) -> None:
+        """A hook for a one-line error before validation (e.g. a config of the wrong kind)."""
+
+    @classmethod
     def from_yaml(cls, path: str | Path) -> "_Cfg":
         from pydantic import ValidationError
 
         from cada.errors import read_yaml_file, validation_message
 
         data = read_yaml_file(path)
+        cls._check_source(data, path)
         try:
             return cls.model_validate(data)
         except ValidationError as e:
@@ -121,14 +126,10 @@ class AlignConfig(_Cfg):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "AlignConfig":
-        from cada.errors import read_yaml_file
-
-        data = read_yaml_file(path)
+    def _check_source(cls, data, path) -> None:
         if isinstance(data, dict) and ("arms" in data or "base_modes" in data):
             raise CadaError(f"{path}: a study's config (it lists arms), not one arm's: run it with "
                             f"`cada study --config {path}`")
-        return super().from_yaml(path)
 
 
 def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
