@@ -85,9 +85,11 @@ def test_bad_files_and_values_are_one_line_errors_before_anything_is_written(tmp
     assert res.returncode == 2 and "--templates" in res.stderr
 
 
-def test_help_fits_a_narrow_terminal():
+@pytest.mark.parametrize("columns", ["80", None])  # None: piped, no COLUMNS (rich would draw 80 and cut names)
+def test_help_fits_a_narrow_terminal(columns):
+    env = {k: v for k, v in ENV.items() if k != "COLUMNS"} | ({"COLUMNS": columns} if columns else {})
     res = subprocess.run([sys.executable, "-m", "cada.cli", "align", "--help"], capture_output=True, text=True,
-                         timeout=60, env={**ENV, "COLUMNS": "80"})
+                         timeout=60, env=env)
     assert res.returncode == 0
     assert "--calibration-per-label" in res.stdout and "--judgement-per-label" in res.stdout
     assert max(len(line) for line in res.stdout.splitlines()) <= 80

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,9 +16,20 @@ from rich.table import Table
 from cada import __version__
 from cada.errors import CadaError
 
-# help: rich panels on a wide terminal; on a narrow one (< 100 columns) they would cut long option names such as
-# --calibration-per-label, so click's plain help there, which wraps instead
-_MARKUP = "rich" if shutil.get_terminal_size((120, 24)).columns >= 100 else None
+
+
+def _wide_terminal() -> bool:
+    """Rich help panels only on a terminal of 100+ columns: on a narrow one, and when piped (rich then draws 80
+    columns), they would cut long option names such as --calibration-per-label; click's plain help wraps instead."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"]) >= 100
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns >= 100
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+_MARKUP = "rich" if _wide_terminal() else None
 _VLLM_EXTRA = "\\[vllm]" if _MARKUP else "[vllm]"  # rich would read [vllm] as markup and drop it
 app = typer.Typer(help="Case-Augmented Deliberative Alignment: safer LLMs from statutes and precedents.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
