@@ -278,9 +278,15 @@ def test_a_missing_or_broken_summary_is_a_cada_error_naming_the_path(tmp_path):
 
 
 def test_category_rates_are_pooled_over_harmful_benchmarks_by_n():
-    summary = {"systems": SYSTEMS, "benchmarks": BENCHMARKS, "metrics": study_metrics(GOOD_HEADLINE)}
+    metrics = study_metrics(GOOD_HEADLINE)
+    for m in metrics.values():  # the pools' held-back prompts carry the spec's categories: not a benchmark
+        m["heldout-harmful"] = bench_metrics(0.9, 50, by_category={"cbrne_weapons": bench_metrics(1.0, 5)})
+    summary = {"systems": SYSTEMS, "benchmarks": {**BENCHMARKS, "heldout-harmful": {"kind": "harmful", "n": 50,
+                                                                                   "heldout": True}},
+               "metrics": metrics}
     cats = category_rates(summary)
     assert cats["categories"] == ["Illegal goods and services", "Violent crimes"]
+    assert cats["benchmarks"] == ["strongreject-small", "strongreject-small+jailbreak"]
     rates = {r["system"]: r["rates"] for r in cats["rows"]}
     # Violent crimes: 10 prompts at 1.0 (strongreject-small) + 30 at 0.5 (jailbreak) -> 0.625 over 40
     assert rates["cada"]["Violent crimes"] == {"value": 0.625, "n": 40}

@@ -299,7 +299,8 @@ def attack_tables(summary: dict) -> list[dict]:
 
 def category_rates(summary: dict) -> dict:
     """Harmful refusal rate per category, pooled over the harmful benchmarks (weighted by each category's n)."""
-    harmful = [b for b, d in summary["benchmarks"].items() if d.get("kind") == "harmful"]
+    harmful = [b for b, d in summary["benchmarks"].items()
+               if d.get("kind") == "harmful" and not d.get("heldout")]  # the pools' categories are the spec's
     rows, cats = [], set()
     for s in summary["systems"]:
         acc: dict[str, list[float]] = {}
