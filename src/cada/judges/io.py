@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cada.errors import CadaError
+from cada.records import write_records
 
 FORMATS = (".csv", ".json", ".jsonl")
 
@@ -87,10 +88,7 @@ def column(rows: list[dict], name: str, path: str | Path, *, required: bool = Tr
 
 
 def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
-    """Write one JSON object a line (UTF-8, non-ASCII kept readable), creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
+    """Write one JSON object a line (UTF-8, non-ASCII kept readable), creating parent folders; atomic, so a
+    killed run leaves the previous file or none, never half of one."""
+    write_records(path, rows)
+    return Path(path)
