@@ -184,8 +184,8 @@ def test_judgement_rows_teach_the_decision_without_ending_the_turn(tiny_model):
         assert tok.decode(e["input_ids"][:-len(target)]).endswith("assistant\n")
 
 
-@pytest.mark.parametrize("method,lora", [("dpo", 8), ("sft", 0)])
-def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lora, capfd):
+@pytest.mark.parametrize("method,lora,merge", [("dpo", 8, True), ("sft", 0, True), ("dpo", 4, False)])
+def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lora, merge, capfd):
     from cada.models import LocalGenerator, SamplingParams
     from cada.train import TrainConfig, train
 
@@ -199,10 +199,14 @@ def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lor
     try:
         model_dir = train(tiny_model, rows, tmp_path / "run", TrainConfig(method=method, lora_r=lora, batch_size=2,
                                                                          report_to="none", max_length=256,
-                                                                         logging_steps=1))
+                                                                         logging_steps=1, merge=merge,
+                                                                         epochs=3))  # step 1 is all warm-up
     finally:
         hf_logging.set_verbosity(level)
-    assert (model_dir / "config.json").is_file()
+    # merged: a plain HF folder; --no-merge: the adapter folder (with its tokenizer) is what --model takes
+    assert model_dir == tmp_path / "run" / ("model" if merge else "adapter")
+    assert (model_dir / ("config.json" if merge else "adapter_config.json")).is_file()
+    assert (tmp_path / "run" / "model").exists() == merge
     # the training log goes to a file, not to stdout (transformers' tqdm bar prints every log dict there)
     log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert log and all(isinstance(r["step"], int) for r in log) and any("loss" in r for r in log)
@@ -212,7 +216,22 @@ def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lor
     assert info["steps"] >= 1 and info["examples"] == len(rows)
     assert (tmp_path / "run" / "adapter").is_dir() == bool(lora)
     gen = LocalGenerator.from_name(str(model_dir), show_progress=False)
-    assert len(gen.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=3))[0]) == 1
+    out = gen.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=3))
+    assert len(out) == 1 and len(out[0]) == 1 and isinstance(out[0][0], str)  # a random model may stop at once
+    # training moved the model: the saved one scores a fixed input differently from the base model
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        before = AutoModelForCausalLM.from_pretrained(tiny_model)(ids).logits
+        after = AutoModelForCausalLM.from_pretrained(model_dir)(ids).logits
+    assert before.shape == after.shape and not torch.equal(before, after)
+    if not merge:  # an adapter cannot be the start of another training run: one clear line
+        from cada.errors import CadaError
+
+        with pytest.raises(CadaError, match="a LoRA adapter folder; train from a merged model"):
+            train(str(model_dir), rows, tmp_path / "again", TrainConfig(method=method, report_to="none"))
 
 
 def test_a_killed_training_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model, spec):
@@ -475,6 +494,17 @@ def test_train_cli_takes_a_config_file_that_flags_override(tmp_path, tiny_model,
                                    "--output", str(tmp_path / "bad")])
     assert res.exit_code != 0 and f"{cfg}: unknown field 'learning_rat'" in str(res.exception)
     assert not (tmp_path / "bad").exists()
+    # a wrong type or range names the file, line and field before anything is loaded or written
+    for text, where in (("method: sft\nlora_r: many\n", ":2: lora_r: Input should be a valid integer"),
+                        ("epochs: 1\nbatch_size: 0\n", ":2: batch_size: Input should be greater than or equal to 1")):
+        cfg.write_text(text)
+        res = CliRunner().invoke(app, ["train", "--config", str(cfg), "--data", str(data), "--model", tiny_model,
+                                       "--output", str(tmp_path / "bad")])
+        assert res.exit_code != 0 and f"{cfg}{where}" in str(res.exception)
+        assert "\n" not in str(res.exception) and not (tmp_path / "bad").exists()
+    res = CliRunner().invoke(app, ["train", "--data", str(data), "--model", tiny_model, "--lr", "-1",
+                                   "--output", str(tmp_path / "bad")])
+    assert res.exit_code != 0 and "learning_rate: Input should be greater than 0" in str(res.exception)
 
 
 def test_an_empty_training_file_is_a_clear_error(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cada.errors import CadaError
 from cada.records import read_records, write_records
@@ -62,25 +62,35 @@ class PoolConfig(_Cfg):
 
 
 class GenConfig(_Cfg):
-    n: int = 4
-    k: int = 6
-    temperature: float = 0.9
-    top_p: float = 0.95
-    max_new_tokens: int = 192
-    batch_size: int = 16
+    n: int = Field(4, ge=1)
+    k: int = Field(6, ge=0)
+    temperature: float = Field(0.9, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(192, ge=1)
+    batch_size: int = Field(16, ge=1)
 
 
 class TrainCfg(_Cfg):
-    learning_rate: float = 2e-4
-    epochs: float = 1.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    beta: float = 0.1
-    sft_weight: float = 0.0               # DPO: weight of an NLL term on the chosen side (RPO; see TrainConfig)
-    lora_r: int = 16                      # 0 = full fine-tuning
-    top_layers: int = 0                   # with lora_r 0: train only the top N decoder layers (0 = all)
-    max_length: int = 768
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    beta: float = Field(0.1, ge=0)
+    sft_weight: float = Field(0.0, ge=0)  # DPO: weight of an NLL term on the chosen side (RPO; see TrainConfig)
+    lora_r: int = Field(16, ge=0)         # 0 = full fine-tuning
+    top_layers: int = Field(0, ge=0)      # with lora_r 0: train only the top N decoder layers (0 = all)
+    max_length: int = Field(768, ge=1)
+    # an arm's stages train on from each other and every command takes the result as --model, so they keep
+    # merged models (the LoRA adapter is saved beside them); adapter-only output is `cada train --no-merge`
     merge: bool = True
+
+    @field_validator("merge")
+    @classmethod
+    def _merged(cls, v: bool) -> bool:
+        if not v:
+            raise ValueError("an arm keeps merged models (its adapter is saved beside); for an adapter alone use "
+                             "`cada train --no-merge`")
+        return v
 
 
 class AlignConfig(_Cfg):

@@ -411,7 +411,7 @@ def train_cmd(
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
 ) -> None:
     """Train with TRL (DPO, SFT or GRPO; LoRA by default). Works under `accelerate launch`."""
-    from cada.train import TrainConfig, load_train_config, train
+    from cada.train import load_train_config, train, train_config
 
     fields = load_train_config(config) if config else {}
     flags = {"method": method, "learning_rate": lr, "epochs": epochs, "batch_size": batch_size,
@@ -419,7 +419,7 @@ def train_cmd(
              "top_layers": top_layers,
              "max_length": max_length, "seed": seed, "report_to": report_to, "merge": False if no_merge else None}
     fields.update({k: v for k, v in flags.items() if v is not None})
-    cfg = TrainConfig(**fields)
+    cfg = train_config(**fields)
     path = train(model, data, output, cfg, trust_remote_code=trust_remote_code)
     out.print(f"model: {path}", markup=False, highlight=False)
 

@@ -59,6 +59,7 @@ def metrics(records: Sequence[dict]) -> dict:
     scores = [r["rubric_score"] for r in records if r.get("rubric_score") is not None]
     if scores:
         out["rubric_score"] = rate(scores)
+    if any("rubric_score" in r for r in records):  # rubric-judged: say how many it could not score, even all
         out["rubric_failed"] = sum(1 for r in records if "rubric_score" in r and r["rubric_score"] is None)
     correct = [float(r["correct"]) for r in records if r.get("correct") is not None]
     if correct:

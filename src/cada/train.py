@@ -2,7 +2,8 @@
 
 LoRA via peft by default (``lora_r=0`` for full fine-tuning). Whatever the method, the output folder holds a plain
 merged Hugging Face model in ``<output>/model`` that every cada command takes as ``--model`` (and the adapter in
-``<output>/adapter`` when LoRA was used). Runs under ``accelerate launch`` for multi-GPU (configs/accelerate/).
+``<output>/adapter`` when LoRA was used; with ``merge=False`` only the adapter, which commands also take as
+``--model`` for generation). Runs under ``accelerate launch`` for multi-GPU (configs/accelerate/).
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field, fields
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 from cada.errors import CadaError
 
@@ -21,37 +26,55 @@ log = logging.getLogger(__name__)
 METHODS = ("dpo", "sft", "grpo")
 
 
-@dataclass
+_Pos = Annotated[int, Field(ge=1)]
+_NonNeg = Annotated[int, Field(ge=0)]
+
+
+@dataclass(config=ConfigDict(extra="forbid"))
 class TrainConfig:
-    """Hyper-parameters shared by the three methods (CPU-sized defaults for the embedded model)."""
+    """Hyper-parameters shared by the three methods (CPU-sized defaults for the embedded model); types and ranges
+    are checked on construction (a pydantic dataclass)."""
 
     method: str = "dpo"
-    learning_rate: float = 2e-4
-    epochs: float = 1.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    beta: float = 0.1                 # DPO / GRPO KL strength
-    sft_weight: float = 0.0           # DPO: add the NLL of the chosen side with this weight (TRL loss_type "sft",
-                                      # RPO): keeps the answer format when easy pairs saturate the DPO margin
-    lora_r: int = 16                  # 0 = full fine-tuning
-    top_layers: int = 0               # full fine-tuning of only the top N decoder layers (0 = all); the frozen
+    learning_rate: Annotated[float, Field(gt=0)] = 2e-4
+    epochs: Annotated[float, Field(gt=0)] = 1.0
+    batch_size: _Pos = 8
+    grad_accum: _Pos = 1
+    beta: Annotated[float, Field(ge=0)] = 0.1   # DPO / GRPO KL strength
+    sft_weight: Annotated[float, Field(ge=0)] = 0.0  # DPO: add the NLL of the chosen side with this weight (TRL
+                                      # loss_type "sft", RPO): keeps the answer format when easy pairs saturate
+                                      # the DPO margin
+    lora_r: _NonNeg = 16              # 0 = full fine-tuning
+    top_layers: _NonNeg = 0           # full fine-tuning of only the top N decoder layers (0 = all); the frozen
                                       # bottom needs no backward pass, so a CPU step costs about half
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    max_length: int = 768
+    lora_alpha: _Pos = 32
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    max_length: _Pos = 768
     seed: int = 0
-    warmup_ratio: float = 0.05
-    logging_steps: int = 5
-    merge: bool = True
+    warmup_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
+    logging_steps: _Pos = 5
+    merge: bool = True                # False: keep only the LoRA adapter (<output>/adapter is then the model)
     report_to: str = "auto"           # auto: tensorboard when installed, else none
     # GRPO
-    num_generations: int = 4
-    max_completion_length: int = 192
+    num_generations: Annotated[int, Field(ge=2)] = 4
+    max_completion_length: _Pos = 192
     extra: dict = field(default_factory=dict)  # passed to the TRL config as is
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise CadaError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
+
+
+def train_config(**values) -> TrainConfig:
+    """A TrainConfig from flags or settings, with a one-line CadaError naming the first bad field."""
+    from pydantic import ValidationError
+
+    from cada.errors import validation_message
+
+    try:
+        return TrainConfig(**values)
+    except ValidationError as e:
+        raise CadaError(validation_message(e)) from None
 
 
 def load_train_config(path: str | Path) -> dict:
@@ -68,6 +91,14 @@ def load_train_config(path: str | Path) -> dict:
                         "TRL options go under `extra`)")
     if not isinstance(data.get("extra", {}), dict):
         raise CadaError(f"{path}: extra: expected a mapping of TRL config options")
+    from pydantic import TypeAdapter, ValidationError
+
+    from cada.errors import validation_message
+
+    try:  # types and ranges, with the file's line (the method is checked with the flags, which override it)
+        TypeAdapter(TrainConfig).validate_python({**data, "method": METHODS[0]})
+    except ValidationError as e:
+        raise CadaError(validation_message(e, path)) from None
     return data
 
 
@@ -164,6 +195,9 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
     output = Path(output)
     dataset = _dataset(data, config.method)  # checked before anything is written or loaded
     source = resolve_model(model)
+    if (Path(source) / "adapter_config.json").is_file():
+        raise CadaError(f"{source}: a LoRA adapter folder; train from a merged model (train it without --no-merge, "
+                        "or merge the adapter with peft's merge_and_unload)")
     output.mkdir(parents=True, exist_ok=True)
     if len(dataset) == 0:
         raise CadaError("the training set is empty: nothing to train on")
@@ -308,8 +342,11 @@ def _freeze_below(model, top: int) -> None:
 
 
 def _save(trainer, tokenizer, output: Path, config: TrainConfig, info: dict) -> Path:
-    model_dir = output / "model"
+    """Save the trained model; returns the folder to pass as ``--model``: ``<output>/model``, or with LoRA and
+    ``merge=False`` the adapter folder (with the tokenizer; transformers loads the base model under it)."""
     model = trainer.model
+    unmerged = config.lora_r > 0 and not config.merge
+    model_dir = output / ("adapter" if unmerged else "model")
     if not trainer.accelerator.is_main_process:
         return model_dir
     model = trainer.accelerator.unwrap_model(model)
@@ -317,6 +354,8 @@ def _save(trainer, tokenizer, output: Path, config: TrainConfig, info: dict) -> 
         model.save_pretrained(output / "adapter")
         if config.merge:
             model = model.merge_and_unload()
+        else:
+            tokenizer.save_pretrained(output / "adapter")
     if not hasattr(model, "peft_config"):
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)

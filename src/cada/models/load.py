@@ -133,8 +133,8 @@ def resolve_model(name: str | os.PathLike[str] | None) -> str:
         return str(tiny_dir())
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CadaError(f"{path}: not a Hugging Face model folder (no config.json)")
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise CadaError(f"{path}: not a Hugging Face model folder (no config.json or adapter_config.json)")
         return str(path.resolve())
     if path.exists():
         raise CadaError(f"{path}: a model must be a folder, an alias ({', '.join(ALIASES)}) or a hub id")
