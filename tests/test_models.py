@@ -287,6 +287,11 @@ def test_vllm_generator_maps_params_and_outputs(monkeypatch, tiny_model):
         def __init__(self, **kw):
             calls["init"] = kw
 
+        def get_tokenizer(self):  # vLLM's LLM hands out the model's own Hugging Face tokenizer
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(calls["init"]["model"])
+
         def chat(self, messages, sampling_params=None, use_tqdm=True):
             calls["chat"] = (messages, sampling_params)
             n = sampling_params.n
@@ -302,6 +307,12 @@ def test_vllm_generator_maps_params_and_outputs(monkeypatch, tiny_model):
     out = gen.generate(CHATS[:2], SamplingParams(temperature=0.7, top_p=0.9, n=2, max_new_tokens=33, seed=4))
     sp = calls["chat"][1]
     assert (sp.n, sp.temperature, sp.top_p, sp.max_tokens, sp.seed) == (2, 0.7, 0.9, 33, 4)
+    # it stops where the local backend does: eos and the chat template's end-of-turn token
+    from transformers import AutoTokenizer
+
+    from cada.models.generate import end_of_turn_ids
+
+    assert sp.stop_token_ids == end_of_turn_ids(AutoTokenizer.from_pretrained(tiny_model)) and sp.stop_token_ids
     assert out == [["hi #0", "hi #1"], [f"{CHATS[1][0]['content']} #0", f"{CHATS[1][0]['content']} #1"]]
     assert gen.last_stats["new_tokens"] == 12
     greedy = gen.generate(CHATS[:1], SamplingParams(n=3))

@@ -293,8 +293,14 @@ def test_grpo_with_the_judge_reward(tmp_path, tiny_model):
     rows = [{"prompt": [{"role": "user", "content": p["prompt"]}], "label": p["label"]} for p in PROMPTS]
     model_dir = train(tiny_model, rows, tmp_path / "grpo", TrainConfig(
         method="grpo", batch_size=4, num_generations=2, max_completion_length=8, report_to="none",
-        epochs=1, lora_r=4))
+        epochs=1, lora_r=4, logging_steps=1))
     assert (model_dir / "config.json").is_file()
+    # the judge's rewards reached TRL: both reward functions are logged, within their ranges
+    log = [json.loads(x) for x in (tmp_path / "grpo" / "train_log.jsonl").read_text().splitlines()]
+    logged = {k: v for r in log for k, v in r.items() if k.startswith("rewards/")}
+    safety = [v for k, v in logged.items() if "safety_reward" in k and k.endswith("/mean")]
+    fmt = [v for k, v in logged.items() if "format_reward" in k and k.endswith("/mean")]
+    assert safety and fmt and all(-1.0 <= v <= 1.0 for v in safety + fmt), logged
 
 
 def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):

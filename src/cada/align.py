@@ -479,6 +479,7 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                     answers = direct_answers(need, gen, rdir / "answers.jsonl", g.max_new_tokens,
                                              show_progress=show_progress)
                     info["answer_seconds"] = round(time.perf_counter() - t2, 1)
+                gen = None  # generation is done for this round: its model need not sit in memory while training
                 rows, info["warmup_dropped_too_long"] = fit_length(
                     warmup_set(wprompts, records, spec, mode, answers), policy, cfg.warmup_train.max_length)
                 write_records(wpath, rows)
@@ -494,6 +495,7 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
             info["warmup_examples"] = len(read_records(wpath))
             if cfg.judgement:
                 info["judgement_model"] = cfg.judgement_model or str(rdir / "judgement" / "model")
+        gen = None
         if method == "dpo":
             rows, stats = dpo_pairs(records, spec, precedent_fallback=cfg.precedent_fallback,
                                      consistency=cfg.consistency)

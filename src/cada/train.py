@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import asdict, field, fields
@@ -49,7 +50,7 @@ class TrainConfig:
                                       # bottom needs no backward pass, so a CPU step costs about half
     lora_alpha: _Pos = 32
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    max_length: _Pos = 768
+    max_length: _Pos = 768            # DPO / SFT (TRL's GRPO has no prompt limit: max_completion_length only)
     seed: int = 0
     warmup_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
     logging_steps: _Pos = 5
@@ -115,11 +116,27 @@ def _checkpointing_option() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
+def bf16_native() -> bool:
+    """A GPU with bf16 in hardware (not V100/T4, where torch would emulate it slowly)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def _weights_dtype(cfg: TrainConfig):
+    """The dtype the policy's weights are trained in. Full fine-tuning keeps float32 weights (bf16 only as
+    autocast): a bf16 weight cannot hold an Adam step of lr 1e-6 to 5e-5, which rounds away; a LoRA base is frozen,
+    so bf16 there (peft keeps the adapters in float32)."""
+    import torch
+
+    return torch.bfloat16 if cfg.lora_r > 0 and bf16_native() else torch.float32
+
+
 def _common_args(cfg: TrainConfig, output: Path) -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = bf16_native()
     args = dict(output_dir=str(output / "trainer"), learning_rate=cfg.learning_rate,
                 num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
                 gradient_accumulation_steps=cfg.grad_accum, seed=cfg.seed, logging_steps=cfg.logging_steps,
@@ -188,7 +205,7 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
     ``messages``, GRPO ``prompt`` plus a ``label`` column (harmful | benign) the reward functions read.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from cada.models.load import resolve_model
 
@@ -198,24 +215,35 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
     if (Path(source) / "adapter_config.json").is_file():
         raise CadaError(f"{source}: a LoRA adapter folder; train from a merged model (train it without --no-merge, "
                         "or merge the adapter with peft's merge_and_unload)")
+    if torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
+        # transformers would wrap the model in nn.DataParallel, which TRL refuses mid-setup
+        raise CadaError(f"{torch.cuda.device_count()} GPUs are visible to one process: train on several with "
+                        "`accelerate launch --config_file configs/accelerate/ddp.yaml -m cada.cli train ...`, or "
+                        "make one visible (CUDA_VISIBLE_DEVICES=0), e.g. for `cada align` and `cada study`")
     output.mkdir(parents=True, exist_ok=True)
     if len(dataset) == 0:
         raise CadaError("the training set is empty: nothing to train on")
+    from cada.models.load import release_models
+
+    release_models()  # generation models cached by earlier stages of this process: not needed while training
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    policy = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
-    if config.top_layers and config.lora_r <= 0:
-        _freeze_below(policy, config.top_layers)
     args = _common_args(config, output)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         # peft and TRL still read a deprecated transformers alias on every run; nothing for the user to do
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        trainer = _trainer(config, policy, tokenizer, dataset, args, reward_funcs)
+        # TRL loads the policy from its path once its config exists, so DeepSpeed ZeRO-3 and FSDP can shard it
+        # while loading instead of every rank holding a whole copy first
+        trainer = _trainer(config, source, tokenizer, dataset, args, reward_funcs, trust_remote_code)
+        if config.top_layers and config.lora_r <= 0:
+            _freeze_below(trainer.model, config.top_layers)  # before train() builds the optimizer
         _quiet_progress(trainer, output)
-        resume = _checkpoint_to_resume(output / "trainer", _fingerprint(model, dataset, config))
+        from accelerate import PartialState
+
+        with PartialState().main_process_first():  # the main process clears stale checkpoints, then the others look
+            resume = _checkpoint_to_resume(output / "trainer", _fingerprint(model, dataset, config))
         result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     info = {"train_seconds": round(seconds, 1), "examples": len(dataset), "base_model": str(model),
@@ -253,23 +281,38 @@ def _checkpoint_to_resume(trainer_dir: Path, fingerprint: str) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
-def _trainer(config: TrainConfig, policy, tokenizer, dataset, args: dict, reward_funcs):
-    """The TRL trainer for ``config.method`` (LoRA through peft when ``lora_r`` > 0)."""
+def _trainer(config: TrainConfig, source: str, tokenizer, dataset, args: dict, reward_funcs,
+             trust_remote_code: bool = False):
+    """The TRL trainer for ``config.method`` (LoRA through peft when ``lora_r`` > 0); TRL loads the policy from
+    ``source`` with the weights dtype of :func:`_weights_dtype`."""
+    import torch
+
+    # device_map None: the trainer places the model (TRL's own default, "auto", would split it across the GPUs of
+    # an FSDP run); a user's model_init_kwargs in `extra` win
+    init = {"dtype": _weights_dtype(config), "device_map": None, "trust_remote_code": trust_remote_code,
+            **(args.pop("model_init_kwargs", None) or {})}
+    common = {"trust_remote_code": trust_remote_code, **args, "model_init_kwargs": init}
     if config.method == "dpo":
+        from transformers import AutoModelForCausalLM
         from trl import DPOConfig, DPOTrainer
 
         rpo = ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, config.sft_weight]}
                if config.sft_weight and "loss_type" not in config.extra else {})
-        targs = DPOConfig(beta=config.beta, max_length=config.max_length, **rpo, **args)
-        trainer = DPOTrainer(model=policy, args=targs, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=_peft(config))
+        targs = DPOConfig(beta=config.beta, max_length=config.max_length, **rpo, **common)
+        ref = None
+        if config.lora_r <= 0 and bf16_native():
+            # full fine-tuning on a bf16 GPU: the frozen reference needs no float32 copy (built after the config,
+            # so ZeRO-3 shards it as it loads; TRL prepares it for DeepSpeed/FSDP)
+            ref = AutoModelForCausalLM.from_pretrained(source, **{**init, "dtype": torch.bfloat16})
+        trainer = DPOTrainer(model=source, ref_model=ref, args=targs, train_dataset=dataset,
+                             processing_class=tokenizer, peft_config=_peft(config))
     elif config.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
         # length-grouped batches: far less padding (about 2x faster on the CPU with mixed prompt lengths)
         targs = SFTConfig(max_length=config.max_length, assistant_only_loss=False, completion_only_loss=None,
-                          **{"train_sampling_strategy": "group_by_length", **args})
-        trainer = SFTTrainer(model=policy, args=targs, train_dataset=dataset, processing_class=tokenizer,
+                          **{"train_sampling_strategy": "group_by_length", **common})
+        trainer = SFTTrainer(model=source, args=targs, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=_peft(config))
     else:
         from trl import GRPOConfig, GRPOTrainer
@@ -277,8 +320,8 @@ def _trainer(config: TrainConfig, policy, tokenizer, dataset, args: dict, reward
         from cada.judges.reward import format_reward, safety_reward
 
         targs = GRPOConfig(beta=config.beta, num_generations=config.num_generations,
-                           max_completion_length=config.max_completion_length, **args)
-        trainer = GRPOTrainer(model=policy, reward_funcs=reward_funcs or [safety_reward, format_reward],
+                           max_completion_length=config.max_completion_length, **common)
+        trainer = GRPOTrainer(model=source, reward_funcs=reward_funcs or [safety_reward, format_reward],
                               args=targs, train_dataset=dataset, processing_class=tokenizer,
                               peft_config=_peft(config))
     return trainer
@@ -343,22 +386,42 @@ def _freeze_below(model, top: int) -> None:
 
 def _save(trainer, tokenizer, output: Path, config: TrainConfig, info: dict) -> Path:
     """Save the trained model; returns the folder to pass as ``--model``: ``<output>/model``, or with LoRA and
-    ``merge=False`` the adapter folder (with the tokenizer; transformers loads the base model under it)."""
-    model = trainer.model
-    unmerged = config.lora_r > 0 and not config.merge
-    model_dir = output / ("adapter" if unmerged else "model")
-    if not trainer.accelerator.is_main_process:
-        return model_dir
-    model = trainer.accelerator.unwrap_model(model)
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(output / "adapter")
-        if config.merge:
-            model = model.merge_and_unload()
-        else:
-            tokenizer.save_pretrained(output / "adapter")
-    if not hasattr(model, "peft_config"):
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
-    (output / "train_info.json").write_text(json.dumps({**info, "config": asdict(config)}, indent=2))
-    log.info("trained %s in %.0f s -> %s", config.method, info["train_seconds"], model_dir)
+    ``merge=False`` the adapter folder (with the tokenizer; transformers loads the base model under it).
+
+    Under DeepSpeed ZeRO-3 or FSDP every rank takes part (``Trainer.save_model`` gathers the shards); a LoRA adapter
+    saved that way is then merged on the main process from the saved files."""
+    import torch
+
+    acc = trainer.accelerator
+    lora = config.lora_r > 0
+    model_dir = output / ("adapter" if lora and not config.merge else "model")
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        trainer.save_model(str(output / "adapter" if lora else model_dir))  # collective: all ranks
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if lora and config.merge:
+                from peft import AutoPeftModelForCausalLM
+
+                dtype = torch.bfloat16 if bf16_native() else torch.float32
+                merged = AutoPeftModelForCausalLM.from_pretrained(str(output / "adapter"), dtype=dtype,
+                                                                  device_map=None).merge_and_unload()
+                merged.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+    elif acc.is_main_process:
+        model = acc.unwrap_model(trainer.model)
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(output / "adapter")
+            if config.merge:
+                model = model.merge_and_unload()
+            else:
+                tokenizer.save_pretrained(output / "adapter")
+        if not hasattr(model, "peft_config"):
+            if model.dtype == torch.float32 and bf16_native():
+                model = model.to(torch.bfloat16)  # trained with float32 weights; saved at inference precision
+            model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (output / "train_info.json").write_text(json.dumps({**info, "config": asdict(config)}, indent=2))
+        log.info("trained %s in %.0f s -> %s", config.method, info["train_seconds"], model_dir)
     return model_dir

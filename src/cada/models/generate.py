@@ -270,6 +270,9 @@ class LocalGenerator:
         adaptive = self.adaptive_batch if self.adaptive_batch is not None else device.type == "cuda"
         if adaptive and device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
+            # memory torch's caching allocator holds but no tensor uses is free to this process too (else every
+            # later call would see less and pick smaller batches)
+            free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
             rows = batch_rows_for_memory(free, self.model.config, self.model.dtype.itemsize, tokens_per_row,
                                          n_seq, cap=self.max_batch_size)
         if self._token_budget is not None:

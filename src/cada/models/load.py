@@ -73,6 +73,8 @@ def embedded_dir(alias: str = DEFAULT_MODEL) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+            return target  # another process (a rank of the same launch) finished first: keep its folder
         if target.exists():  # a half-written folder from an interrupted run
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -156,7 +158,10 @@ def _dtype(dtype: str | None, device: str):
     import torch
 
     if dtype in (None, "auto"):
-        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+        if not device.startswith("cuda"):
+            return torch.float32
+        # bf16 where the GPU has it in hardware; float16 on older ones (V100, T4), as vLLM's "auto" does
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     try:
         return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
@@ -181,6 +186,19 @@ def _load_cached(source: str, device: str, dtype_name: str | None, trust_remote_
     model.to(device).eval()
     log.info("loaded %s on %s in %.1f s", source, device, time.perf_counter() - t0)
     return model, tokenizer
+
+
+def release_models() -> None:
+    """Forget the models :func:`load_model` cached (and free their GPU memory once nothing else holds them): a
+    training stage in the same process needs that memory more than a generator that is done."""
+    import gc
+
+    import torch
+
+    _load_cached.cache_clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def load_model(name: str | os.PathLike[str] | None = None, *, device: str | None = None,

@@ -53,6 +53,11 @@ class VLLMGenerator:
             kwargs["max_model_len"] = max_model_len
         kwargs.update(engine_kwargs or {})
         self.llm = vllm.LLM(**kwargs)
+        from cada.models.generate import end_of_turn_ids
+
+        # stop at the end of the assistant's turn, as the local backend does (vLLM alone stops at eos only, and a
+        # model whose eos is <|endoftext|> would run on into an invented next turn)
+        self.stop_ids = end_of_turn_ids(self.llm.get_tokenizer())
 
     def __repr__(self) -> str:
         return f"VLLMGenerator(model={self.source!r})"
@@ -63,7 +68,7 @@ class VLLMGenerator:
         sample = params.temperature > 0
         return vllm.SamplingParams(n=params.n if sample else 1, temperature=params.temperature,
                                    top_p=params.top_p if sample else 1.0, max_tokens=params.max_new_tokens,
-                                   seed=params.seed if sample else None)
+                                   seed=params.seed if sample else None, stop_token_ids=self.stop_ids or None)
 
     def generate(self, prompts: Sequence[Messages], params: SamplingParams = SamplingParams()) -> list[list[str]]:
         import time
