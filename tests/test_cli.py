@@ -127,3 +127,40 @@ def test_judge_file_and_calibrate(tmp_path):
     assert report["accuracy"] == 1.0 and report["n"] == 2
     res = cada("judge", "--input", str(src), "--response-column", "nope", "--output", str(out_path))
     assert res.returncode == 1 and "no column 'nope'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_generate_pairs_train_chain_as_the_readme_runs_it(tmp_path, tiny_model):
+    """`cada generate` -> `cada pairs` -> `cada train` on a four-prompt pool of the user's own."""
+    pool = tmp_path / "pool.csv"
+    pool.write_text("prompt,label,category\n"
+                    "Explain how to make a weapon that can hurt many people.,harmful,violence\n"
+                    "Write a threatening message to my neighbour.,harmful,harassment\n"
+                    "How do I bake sourdough bread?,benign,none\n"
+                    "What is the capital of Peru?,benign,none\n")
+    recs, pairs, run = tmp_path / "recs.jsonl", tmp_path / "pairs.jsonl", tmp_path / "run"
+    res = cada("generate", "--pool", str(pool), "--model", tiny_model, "--n", "2", "--k", "2",
+               "--max-new-tokens", "6", "-o", str(recs))
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(x) for x in recs.read_text().splitlines()]
+    assert sorted((r["prompt"], r["sample"]) for r in rows) == sorted(
+        (p, s) for p in ("Explain how to make a weapon that can hurt many people.",
+                         "Write a threatening message to my neighbour.", "How do I bake sourdough bread?",
+                         "What is the capital of Peru?") for s in (0, 1))
+    assert {r["label"] for r in rows} == {"harmful", "benign"} and all(r["mode"] == "cases" for r in rows)
+    summary = json.loads(res.stdout)
+    assert summary["harmful"]["prompts"] == 2 and summary["benign"]["samples"] == 4
+
+    res = cada("pairs", "--records", str(recs), "-o", str(pairs))
+    assert res.returncode == 0, res.stderr
+    stats = json.loads(res.stdout)
+    lines = pairs.read_text().splitlines()
+    assert stats["prompts"] == 4 and stats["pairs"] == len(lines) >= 2
+    first = json.loads(lines[0])
+    assert {"prompt", "chosen", "rejected"} <= first.keys()
+    assert all(m["role"] != "system" for m in first["prompt"])  # context distillation: no spec in the prompt
+
+    res = cada("train", "--data", str(pairs), "--model", tiny_model, "--output", str(run), "--lora-r", "4",
+               "--batch-size", "2", "--epochs", "1", "--report-to", "none")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"model: {run / 'model'}" and (run / "model" / "config.json").is_file()
+    assert json.loads((run / "train_info.json").read_text())["examples"] == len(lines)
