@@ -47,15 +47,32 @@ def test_self_generation_resumes_without_duplicates(tmp_path, tiny_generator, sp
     assert {"prompt", "label", "category", "mode", "sample", "raw", "reasoning", "response", "judge", "reward",
             "cited_cases", "context_cases"} <= r0.keys()
     assert r0["judge"] in {"comply", "refuse", "partial"} and len(r0["context_cases"]) == 3
-    # simulate a run killed in the middle of the second chunk: drop its records and leave a torn line
+    from cada.judges.reward import SAFETY_REWARDS
+
+    assert all(r["reward"] == SAFETY_REWARDS[r["label"]][r["judge"]] for r in first)
+    # simulate a run killed in the middle of the second chunk: drop its records and leave a torn line; the kept
+    # records are marked, so a run that regenerated everything would show
     lines = out.read_text().splitlines(keepends=True)
-    out.write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])
+    kept = [json.dumps({**json.loads(x), "raw": "KEPT"}) + "\n" for x in lines[:4]]
+    out.write_text("".join(kept) + lines[4][: len(lines[4]) // 2])
     again = self_generate(PROMPTS, tiny_generator, spec, out, cfg, show_progress=False)
     on_disk = read_records(out)
     assert len(again) == len(on_disk) == 8
     assert len({(r["id"], r["sample"]) for r in on_disk}) == 8
-    # a finished run is a no-op
+    assert [r["raw"] for r in on_disk[:4]] == ["KEPT"] * 4 and "KEPT" not in {r["raw"] for r in on_disk[4:]}
+    # a finished run is a no-op: the file is untouched
+    before = out.read_bytes()
     assert len(self_generate(PROMPTS, tiny_generator, spec, out, cfg, show_progress=False)) == 8
+    assert out.read_bytes() == before
+    # a larger n adds only the missing samples
+    more = self_generate(PROMPTS, tiny_generator, spec, out, SelfGenConfig(n=3, k=3, max_new_tokens=6, chunk_size=2),
+                         show_progress=False)
+    assert len(more) == 12 and out.read_bytes().startswith(before)
+    assert sorted(r["sample"] for r in read_records(out)[8:]) == [2] * 4
+    # a pool with a repeated id is refused before anything is generated
+    with pytest.raises(CadaError, match="appears more than once"):
+        self_generate(PROMPTS + PROMPTS[:1], tiny_generator, spec, tmp_path / "dup.jsonl", cfg, show_progress=False)
+    assert not (tmp_path / "dup.jsonl").exists()
 
 
 def test_dpo_pairs_best_vs_worst_with_marked_fallback_and_context_distillation(spec):
@@ -396,7 +413,7 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
     assert (run / "calibration/judgement/model/config.json").stat().st_mtime == cjtime
     assert (run / "calibration/model/config.json").is_file()
     assert (run / "round-1/train/model/config.json").stat().st_mtime == mtime
-    with pytest.raises(Exception, match="another config"):
+    with pytest.raises(CadaError, match="another config"):
         align(cfg.model_copy(update={"seed": 1}), run, show_progress=False)
     with pytest.raises(CadaError, match="calibration pass follows DPO"):
         align(cfg.model_copy(update={"arm": "sft-dr"}), tmp_path / "sft", show_progress=False)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cada.errors import CadaError
+
 from cada.models.generate import Generator, SamplingParams, progress_bar
 from cada.reasoning import Mode, SafetyReasoner
 from cada.records import append_records, chunks, read_records
@@ -61,7 +63,8 @@ def self_generate(prompts: Sequence, generator: Generator, spec: Spec, output: s
     items = [_prompt_fields(p) for p in prompts]
     ids = [it["id"] for it in items]
     if len(set(ids)) != len(ids):
-        raise ValueError("prompt ids must be unique")
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise CadaError(f"prompt id {dup!r} appears more than once in the pool: ids must be unique")
     todo = [it for it in items if per_prompt.get(it["id"], 0) < config.n]
     partial = [it["id"] for it in todo if per_prompt.get(it["id"], 0)]
     if partial:  # only possible if an earlier run used a smaller n; keep records unique by (id, sample)
