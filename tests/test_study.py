@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -92,10 +93,15 @@ def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path,
             assert m["n"] == 1 and h[f"heldout_{label}_refusal"] == m["refused_or_partial_rate"]["value"]
         assert h["harmful_refusal"] == summary["metrics"][name]["strongreject-small"]["refused_or_partial_rate"][
             "value"]
-        assert h["reference_loglik"] < 0
-    # the codes / cases systems really put the spec in the prompt; the trained arms do not (context distillation)
-    codes = json.loads((out / "eval" / "base-codes" / "xstest-safe" / "records.jsonl").read_text().splitlines()[0])
-    assert codes["mode"] == "codes"
+        assert h["reference_loglik"] < 0 and math.isfinite(h["reference_loglik"])
+        assert h["gsm8k_accuracy"] == summary["metrics"][name]["gsm8k"]["accuracy"]["value"]
+        assert h["jailbreak_refusal"] == summary["metrics"][name]["sr-jailbreak"]["refused_or_partial_rate"]["value"]
+    # the codes / cases systems put the spec in the prompt; the trained arms answer the bare request (context
+    # distillation): every record of every set carries its system's mode
+    want = {"base-none": "none", "base-codes": "codes", "base-cases": "cases", "cada": "none", "da": "none"}
+    for name, mode in want.items():
+        for rec in (out / "eval" / name).rglob("records.jsonl"):
+            assert {json.loads(x)["mode"] for x in rec.read_text().splitlines()} == {mode}, rec
     # the smuggled evaluation prompt was removed from training
     assert summary["overlap"]["train_removed"] == 1
     train_prompts = [json.loads(x)["prompt"] for x in (out / "pool" / "train.jsonl").read_text().splitlines()]
@@ -112,9 +118,18 @@ def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path,
         assert summary["training"][arm]["rounds"][0]["judgement_model"] == str(out / "judgement" / "model")
         assert not (out / "arms" / arm / "round-1" / "judgement").exists()
     assert summary["training"]["judgement"]["judgement_examples"] > 0
-    # the report exists in its three forms
+    # the report exists in its three forms, and its headline is the study's
     for kind in ("html", "md", "json"):
         assert Path(summary["report"][kind]).is_file()
+    report = json.loads(Path(summary["report"]["json"]).read_text())
+    rows = {r["system"]: r["values"] for r in report["headline"]["rows"]}
+    assert list(rows) == systems and report["headline"]["source"] == "summary"
+    for name in systems:
+        assert {k: v for k, v in rows[name].items() if v is not None} == {
+            k: v for k, v in summary["headline"][name].items() if v is not None and k in rows[name]}
+        assert rows[name]["harmful_refusal"] == summary["headline"][name]["harmful_refusal"]
+    html = Path(summary["report"]["html"]).read_text()
+    assert all(summary["systems"][s]["label"] in html for s in systems)
     assert set(summary["timings"]) >= {"pools", "eval base-codes", "train judgement", "train cada", "eval da",
                                        "report"}
 
