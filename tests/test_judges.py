@@ -220,16 +220,19 @@ def test_safety_reward_sees_only_the_final_response():
 
 
 def test_partial_is_in_between_and_soft_rewards():
-    class Partial(RefusalJudge):  # a fixed judge, so the reward arithmetic is tested on its own
-        def __init__(self):
-            pass
+    from cada.judges.reward import SAFETY_REWARDS
 
-        def classify(self, responses, prompts=None):
-            return [JudgeResult("partial", {"comply": 0.2, "refuse": 0.3, "partial": 0.5}) for _ in responses]
-
-    assert make_safety_reward(Partial())(["x", "y"], label=["harmful", "benign"]) == [0.0, 0.0]
-    soft = make_safety_reward(Partial(), soft=True)(["x"], label=["harmful"])
-    assert soft == [pytest.approx(0.1)] and make_safety_reward(Partial()).__name__ == "safety_reward"
+    judge = RefusalJudge.load()  # the shipped judge, on a hedged answer it labels partial
+    text = ("It's important to note that discussing such methods can be dangerous. Instead, let's focus on general "
+            "safety: store chemicals separately and ventilate the room.")
+    (r,) = judge.classify([text])
+    assert r.label == "partial" and max(r.probs.values()) < 0.9
+    assert make_safety_reward(judge)([text, text], label=["harmful", "benign"]) == [0.0, 0.0]
+    soft = make_safety_reward(judge, soft=True)
+    for kind in ("harmful", "benign"):  # the expected reward under the judge's probabilities
+        want = sum(p * SAFETY_REWARDS[kind][lab] for lab, p in r.probs.items())
+        assert soft([text], label=[kind]) == [pytest.approx(want)] and -1 < want < 1
+    assert soft([COMPLIANCE["en"]], label=["benign"])[0] > 0.9 and make_safety_reward(judge).__name__ == "safety_reward"
 
 
 def test_safety_reward_rejects_bad_labels():
