@@ -64,7 +64,18 @@ def test_bad_files_and_values_are_one_line_errors_before_anything_is_written(tmp
     (tmp_path / "text.jsonl").write_text('{"text": "x"}\n')
     (tmp_path / "recs.jsonl").write_text('{"prompt": "x", "label": "benign"}\n')
     (tmp_path / "p.csv").write_text("prompt\nhello\n")
+    (tmp_path / "mid.jsonl").write_text('{"id": "a", "sample": 0, "prompt": "x", "label": "benign"}\nnot json\n')
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     for args, needle in [
+        (["pairs", "--records", "mid.jsonl", "-o", "pairs.jsonl"], "mid.jsonl:2: not a JSON object"),
+        (["study", "--config", "missing.yaml", "-o", "s"], "missing.yaml: config file not found"),
+        (["train", "--config", "list.yaml", "--data", "p.csv", "-o", "t4"], "list.yaml: expected a mapping"),
+        (["train", "--data", "p.csv", "-o", "t5"], "p.csv: training data is JSONL"),
+        (["eval", "--dataset", "p.csv", "--prompt-column", "nope", "--kind", "benign", "-o", "e"],
+         "p.csv: row 1 has no column 'nope' (columns: prompt)"),
+        (["eval", "--benchmark", "gsm8k", "--attack-file", "gone.csv", "-o", "e"], "gone.csv: attack file not found"),
+        (["judge", "--input", "p.csv", "--response-column", "prompt", "--judge", "rubric", "-o", "j.jsonl"],
+         "--judge rubric needs --judge-base-url"),
         (["train", "--data", "torn.jsonl", "-o", "t1"], "torn.jsonl:1:15: bad JSON"),
         (["train", "--data", "text.jsonl", "-o", "t2"], "text.jsonl: row 1: a dpo row needs prompt/chosen/rejected"),
         (["train", "--data", "text.jsonl", "--method", "grpo", "-o", "t3"], "a grpo row needs prompt"),
@@ -79,7 +90,8 @@ def test_bad_files_and_values_are_one_line_errors_before_anything_is_written(tmp
         errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
         assert res.returncode == 1 and len(errors) == 1 and needle in errors[0], (args, res.stderr)
         assert "Traceback" not in res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "recs.jsonl", "text.jsonl", "torn.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.yaml", "mid.jsonl", "p.csv", "recs.jsonl",
+                                                          "text.jsonl", "torn.jsonl"]
     # numbers that make no sense are refused by the option itself
     res = cada("eval", "--benchmark", "gsm8k", "--templates", "0", "-o", str(tmp_path / "e"))
     assert res.returncode == 2 and "--templates" in res.stderr
