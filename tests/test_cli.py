@@ -46,7 +46,8 @@ def test_reason_plain_output(tiny_model):
 
 @pytest.mark.parametrize("args,needle", [
     (["reason", "  "], "prompt is empty"),
-    (["reason", "hi", "--spec", "/nonexistent/spec.yaml"], "/nonexistent/spec.yaml:0: spec file or directory not found"),
+    (["reason", "hi", "--spec", "/nonexistent/spec.yaml"],
+     "/nonexistent/spec.yaml:0: spec file or directory not found"),
     (["reason", "hi", "--model", "gpt-17-ultra"], "unknown model 'gpt-17-ultra'"),
     (["reason", "hi", "--mode", "vibes"], "--mode 'vibes'"),
     (["reason", "hi", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"], "cannot reach the server at"),
