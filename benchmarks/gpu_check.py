@@ -11,6 +11,8 @@ Measures, in this order, each only while the time budget (``--time-budget``, def
 3. ``prefix``: ``--prefix-prompts`` codes-mode prompts (~3.2k-token shared system prompt), ``LocalGenerator``
    without and with the shared-prefix KV cache, and how many greedy outputs agree (bf16: not asserted);
 4. ``dpo``: TRL DPO + LoRA through ``cada.train`` (bf16), ``--dpo-steps`` steps of ``--dpo-batch`` pairs;
+   ``dpo_full``: full fine-tuning DPO (float32 weights, bf16 autocast), half as many steps, and the share of
+   weights that moved;
 5. ``vllm``: cada's ``VLLMGenerator`` (vLLM offline engine) on the same prompts, in a child process with its own
    timeout, only when ``vllm`` is importable.
 
@@ -214,16 +216,48 @@ def section_prefix(model, tok, n, max_new, device) -> dict:
     return out
 
 
-def section_dpo(model_dir: Path, steps: int, batch: int) -> dict:
-    from cada.train import TrainConfig, train
-
+def dpo_pairs(n: int) -> list[dict]:
     pairs = []
-    for i in range(steps * batch):
+    for i in range(n):
         req = REQUESTS[i % len(REQUESTS)]
         pairs.append({"prompt": [{"role": "user", "content": f"{req} (pair {i})"}],
                       "chosen": [{"role": "assistant", "content": "### Analysis\nChecked against the rules: "
                                   f"benign.\n### Final Response\nA careful, helpful answer number {i}."}],
                       "rejected": [{"role": "assistant", "content": "I'm sorry, I can't help with that."}]})
+    return pairs
+
+
+def section_dpo_full(model_dir: Path, steps: int, batch: int) -> dict:
+    """Full fine-tuning DPO at a small rate: float32 weights under bf16 autocast, so the updates land (in bf16
+    weights an lr-1e-6 Adam step rounds away). Reports the weights dtype and how much of the model moved."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cada.train import TrainConfig, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(method="dpo", batch_size=batch, epochs=1.0, lora_r=0, learning_rate=1e-5, warmup_ratio=0,
+                          max_length=512, report_to="none", logging_steps=max(1, steps))
+        t0 = time.perf_counter()
+        out = train(str(model_dir), dpo_pairs(steps * batch), Path(tmp) / "run", cfg)
+        wall = time.perf_counter() - t0
+        info = json.loads((Path(tmp) / "run" / "train_info.json").read_text())
+        before = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
+        trained = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        after = trained.state_dict()
+        moved = sum(int((before[k] != after[k]).sum()) for k in before if k in after)
+        total = sum(before[k].numel() for k in before if k in after)
+        saved = str(trained.config.dtype).replace("torch.", "")
+    return {"pairs": steps * batch, "steps": info["steps"], "train_seconds": info["train_seconds"],
+            "wall_seconds_with_load_and_save": round(wall, 1), "weights_dtype": info.get("weights_dtype"),
+            "bf16_autocast": info.get("bf16_autocast"), "saved_dtype": saved, "lr": 1e-5,
+            "share_of_weights_changed": round(moved / max(1, total), 4), "train_loss": info.get("train_loss")}
+
+
+def section_dpo(model_dir: Path, steps: int, batch: int) -> dict:
+    from cada.train import TrainConfig, train
+
+    pairs = dpo_pairs(steps * batch)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(method="dpo", batch_size=batch, epochs=1.0, lora_r=16, max_length=512,
                           report_to="none", merge=False, logging_steps=max(1, steps))
@@ -290,7 +324,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prefix-max-new-tokens", type=int, default=64)
     ap.add_argument("--dpo-steps", type=int, default=8)
     ap.add_argument("--dpo-batch", type=int, default=32)
-    ap.add_argument("--skip", default="", help="comma list of steps to skip: hf,cada,prefix,dpo,vllm")
+    ap.add_argument("--skip", default="", help="comma list of steps to skip: hf,cada,prefix,dpo,dpo_full,vllm")
     ap.add_argument("--vllm-memory", type=float, default=0.5, help="vLLM gpu_memory_utilization")
     ap.add_argument("--vllm-timeout", type=float, default=300)
     ap.add_argument("--time-budget", type=float, default=540, help="seconds for the whole run (default 540)")
@@ -360,13 +394,14 @@ def main(argv=None) -> int:
              ("cada", 30, lambda: section_cada(model, tok, prompts, args.max_new_tokens, args.batch, device)),
              ("prefix", 40, lambda: section_prefix(model, tok, args.prefix_prompts, args.prefix_max_new_tokens,
                                                    device)),
-             ("dpo", 60, lambda: section_dpo(source, args.dpo_steps, args.dpo_batch))]
+             ("dpo", 60, lambda: section_dpo(source, args.dpo_steps, args.dpo_batch)),
+             ("dpo_full", 60, lambda: section_dpo_full(source, max(2, args.dpo_steps // 2), args.dpo_batch))]
     for name, need, fn in steps:
         if name in skip or (name == "prefix" and args.prefix_prompts <= 0):
             continue
         if not budget.allows(need, name, result):
             continue
-        if name == "dpo":  # free the generation model's memory for training
+        if name in ("dpo", "dpo_full"):  # free the generation model's memory for training
             model.to("cpu")
             if cuda:
                 torch.cuda.empty_cache()

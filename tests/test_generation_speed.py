@@ -33,7 +33,8 @@ def test_gpu_check_smoke_on_cpu_with_a_weightless_folder(tmp_path, tiny_model):
     assert not list(skel.glob("*.safetensors")) and (skel / "config.json").is_file()
     out = tmp_path / "gpu.json"
     r = _run("benchmarks/gpu_check.py", "--model", str(skel), "--allow-cpu", "--batch", "3", "--max-new-tokens", "3",
-             "--prefix-prompts", "2", "--prefix-max-new-tokens", "2", "--skip", "dpo", "--out", str(out))
+             "--prefix-prompts", "2", "--prefix-max-new-tokens", "2", "--skip", "dpo", "--dpo-steps", "4",
+             "--dpo-batch", "2", "--out", str(out))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res["weights"] == "random"
@@ -41,6 +42,8 @@ def test_gpu_check_smoke_on_cpu_with_a_weightless_folder(tmp_path, tiny_model):
     assert sec["hf"]["tokens"] == sec["cada"]["tokens"] > 0
     assert sec["prefix"]["prefix_cache"]["prefix_tokens"] > 2000 and sec["prefix"]["greedy_agreement"] == 1.0
     assert "vllm" in sec  # skipped (not installed) or measured, never silently absent
+    # full fine-tuning trains float32 weights and moves them
+    assert sec["dpo_full"]["weights_dtype"] == "float32" and sec["dpo_full"]["share_of_weights_changed"] > 0.1, sec
 
 
 def test_generation_benchmark_demo_summary_only(tmp_path):

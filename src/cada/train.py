@@ -247,7 +247,8 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
         result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     info = {"train_seconds": round(seconds, 1), "examples": len(dataset), "base_model": str(model),
-            "steps": result.global_step, "train_loss": round(result.training_loss, 4)}
+            "steps": result.global_step, "train_loss": round(result.training_loss, 4),
+            "weights_dtype": str(_weights_dtype(config)).replace("torch.", ""), "bf16_autocast": args.get("bf16")}
     if resume:
         info["resumed_from"] = Path(resume).name
     return _save(trainer, tokenizer, output, config, info)
