@@ -304,9 +304,8 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     from cada.align import align, prepare_pools
     from cada.evaluate import evaluate
     from cada.models.generate import make_generator
+    from cada.models.load import release_models, resolve_model
     from cada.spec.schema import load_spec
-
-    from cada.models.load import resolve_model
 
     console = console or Console(stderr=True, quiet=not show_progress)
     # mistakes that would otherwise surface only after the pools and the base evaluations
@@ -410,6 +409,7 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
         systems[arm] = {"model": arm, "mode": "none", "label": ARM_LABELS[arm]}
         # a trained model is a local folder: never sent to $CADA_BASE_URL's server as a model name
         eval_system(arm, summary["model"], "none", None, backend="local")
+        release_models()  # one trained model in memory at a time (GPU memory for the next arm's training)
 
     # 5. utility: mean log-likelihood of GSM8K reference answers, per model
     loglik = clock.run("utility", lambda: _loglik(cfg, out, models))
@@ -515,7 +515,7 @@ def _pools(cfg: AlignConfig, out: Path, spec, sets: list[tuple[EvalSet, list]]) 
 
 def _loglik(cfg: StudyConfig, out: Path, models: dict[str, str]) -> dict[str, float | None]:
     from cada.data.benchmarks import load_benchmark
-    from cada.models.load import load_model
+    from cada.models.load import load_model, release_models
     from cada.utility import reference_loglik
 
     res: dict[str, float | None] = {}
@@ -531,6 +531,8 @@ def _loglik(cfg: StudyConfig, out: Path, models: dict[str, str]) -> dict[str, fl
             continue
         m, tok = load_model(model)
         vals = reference_loglik(m, tok, [it.prompt for it in items], [it.reference for it in items])
+        del m, tok
+        release_models()
         mean = round(sum(vals) / len(vals), 4)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"model": model, "n": len(vals), "mean": mean}))
