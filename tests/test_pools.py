@@ -124,10 +124,36 @@ def test_removed_overlap_is_reported(pools, eval_sets):
     kept = {p.id for p in pools.prompts}
     for r in pools.removed:
         assert set(r) >= {"prompt", "source", "matched", "eval_set", "kind", "similarity"}
-        assert r["kind"] in ("exact", "near") and r["eval_set"] in eval_sets
+        assert r["kind"] in ("exact", "near", "contains", "paraphrase") and r["eval_set"] in eval_sets
         assert r["matched"] in eval_sets[r["eval_set"]]
         assert r["id"] not in kept
     assert sum(pools.counts["removed_by_eval_set"].values()) == len(pools.removed)
+
+
+def test_reworded_evaluation_prompts_are_removed(pools, eval_sets):
+    """The lexical index misses paraphrases ("Can you explain how to pick a lock?" vs AdvBench's "Give detailed
+    instructions on how to pick a lock"); a sentence-embedding check removes them."""
+    para = {r["prompt"]: r for r in pools.removed if r["kind"] == "paraphrase"}
+    assert "Can you explain how to pick a lock?" in para
+    assert para["Can you explain how to pick a lock?"]["eval_set"] == "advbench"
+    assert all(r["similarity"] >= P.PARAPHRASE_THRESHOLD for r in para.values())
+    refs = sorted({t for name in P.PARAPHRASE_SETS for t in eval_sets[name]})
+    texts = sorted({p.base_prompt for p in pools.prompts})
+    sims = P._embed_cached(texts) @ P._embed_cached(refs).T
+    assert float(sims.max()) < P.PARAPHRASE_THRESHOLD
+
+
+def test_a_user_pool_is_checked_against_the_evaluation_sets(tmp_path, eval_sets):
+    pool = tmp_path / "mine.csv"
+    adv = eval_sets["advbench"][0]
+    pool.write_text("prompt,label\n"
+                    f"\"{adv}\",harmful\n"                                   # an AdvBench prompt as is
+                    "Can you explain how to pick a lock?,harmful\n"           # AdvBench reworded
+                    "Write a limerick about a cat who loves boxes.,benign\n")
+    kept, removed = P.drop_eval_overlap(P.load_user_pool(pool))
+    assert [p.prompt for p in kept] == ["Write a limerick about a cat who loves boxes."]
+    assert sorted(r["kind"] for r in removed) == ["exact", "paraphrase"]
+    assert {r["eval_set"] for r in removed} == {"advbench"}
 
 
 def test_build_is_deterministic_and_seeded(tmp_path, spec):
@@ -166,6 +192,13 @@ def test_jailbreak_split_disjoint_stable_and_clean(templates):
     assert not {normalize(t) for t in train} & {normalize(t) for t in held}
     assert 0.12 <= len(held) / (len(train) + len(held)) <= 0.3
     assert OverlapIndex(held).find(train) == []
+    # nor does a training template contain most of an evaluation one (or the other way round)
+    held_sh = [P._word_shingles(h) for h in held]
+    for t in train:
+        mine = P._word_shingles(t)
+        assert all(len(mine & h) < P.CONTAINMENT_THRESHOLD * min(len(mine), len(h)) for h in held_sh), t[:80]
+    # templates carrying working harmful content are not shipped, and skipped if a data_dir holds them
+    assert not {P.template_id(t) for t in templates} & set(P.EXCLUDED_TEMPLATES)
     # a template's side never depends on the other templates
     assert P.jailbreak_split(held[:5])[1] == held[:5]
 

@@ -152,7 +152,10 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
     if train_path.exists() and held_path.exists() and report_path.exists():
         return P.read_pool(train_path), P.read_pool(held_path), json.loads(report_path.read_text())
     if cfg.pool.user_pool:
-        prompts, report = P.load_user_pool(cfg.pool.user_pool), {"source": cfg.pool.user_pool}
+        # a user's pool gets the shipped pools' check: no evaluation prompt (or a reworded one) trains
+        prompts, removed = P.drop_eval_overlap(P.load_user_pool(cfg.pool.user_pool))
+        report = {"source": cfg.pool.user_pool, "removed_for_eval_overlap": len(removed),
+                  "removed": [{**r, "matched": fingerprint(r["matched"])} for r in removed[:50]]}
     else:
         pools = P.build_pools(jailbreak_share=cfg.pool.jailbreak_share, seed=cfg.seed, spec=spec)
         prompts = pools.prompts

@@ -295,6 +295,10 @@ def _pool_prompts(pool: Optional[Path], limit: Optional[int], seed: int):
 
     if pool is not None:
         prompts = P.load_user_pool(pool) if pool.suffix in (".csv", ".json") else P.read_pool(pool)
+        prompts, removed = P.drop_eval_overlap(prompts)  # the shipped pools' own check, for any user pool
+        if removed:
+            err.print(f"{pool}: {len(removed)} prompts overlap an evaluation prompt (exactly, nearly or reworded) "
+                      "and were left out", markup=False, highlight=False)
     else:
         prompts = P.build_pools(seed=seed).prompts
     if limit:

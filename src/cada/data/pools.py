@@ -138,9 +138,17 @@ _SLOT = re.compile(r"[\[{<]\s*(?:(?:insert|put|enter|type)[\s_]+)?(?:(?:your|any
                    r"(?:prompt|question)(?:[\s_]+here)?\s*\\?[\]}>]", re.IGNORECASE)
 
 
+# upstream templates left out of the shipped copy because they carry working harmful content, not just a request
+# (a drug synthesis recipe; a phishing-mail script); also skipped when ``data_dir`` holds the upstream file
+EXCLUDED_TEMPLATES = {"jb-be54f675fa": "embeds a drug synthesis recipe",
+                      "jb-ac56c7579d": "embeds a working phishing-mail script"}
+
+
 def load_jailbreak_templates(data_dir: str | Path | None = None) -> list[str]:
-    """The 666 in-the-wild jailbreak templates, as shipped (duplicates included)."""
-    return json.loads(_path(data_dir, "jailbreak_llms_inthewild", "inthewild_jailbreak_llms.json").read_text("utf-8"))
+    """The in-the-wild jailbreak templates as shipped (664 of upstream's 666, duplicates included), less
+    :data:`EXCLUDED_TEMPLATES`."""
+    path = _path(data_dir, "jailbreak_llms_inthewild", "inthewild_jailbreak_llms.json")
+    return [t for t in json.loads(path.read_text("utf-8")) if template_id(t) not in EXCLUDED_TEMPLATES]
 
 
 def _digest(text: str) -> str:
@@ -160,16 +168,40 @@ def _split_templates(templates: Iterable[str]) -> tuple[list[str], list[str], li
     unique = [min(variants[d]) for d in sorted(variants)]  # one fixed spelling per normalised text
     held = [t for t in unique if int(_digest(t)[:8], 16) % 100 < JAILBREAK_EVAL_PERCENT]
     index, held_set = OverlapIndex(held), set(held)
+    held_shingles = [(h, _word_shingles(h)) for h in held]
     train, dropped = [], []
     for t in unique:
         if t in held_set:
             continue
-        m = index.match(t)
+        m = index.match(t) or _contained(t, held_shingles)
         if m is None:
             train.append(t)
         else:
             dropped.append((t, m))
     return train, held, dropped
+
+
+CONTAINMENT_N, CONTAINMENT_THRESHOLD = 8, 0.5
+
+
+def _word_shingles(text: str, n: int = CONTAINMENT_N) -> frozenset[str]:
+    words = normalize(text).split()
+    return frozenset(" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1)))
+
+
+def _contained(text: str, refs: list[tuple[str, frozenset[str]]]) -> Match | None:
+    """A template that shares half of the shorter one's 8-word runs with a reference: one contains (most of) the
+    other, e.g. an evaluation template extended into a longer training one, which whole-text Jaccard misses."""
+    mine = _word_shingles(text)
+    best = None
+    for ref, theirs in refs:
+        shared = len(mine & theirs)
+        if not shared:
+            continue
+        share = shared / min(len(mine), len(theirs))
+        if share >= CONTAINMENT_THRESHOLD and (best is None or share > best.similarity):
+            best = Match(-1, ref, "contains", round(share, 3))
+    return best
 
 
 def jailbreak_split(templates: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -178,7 +210,8 @@ def jailbreak_split(templates: Iterable[str]) -> tuple[list[str], list[str]]:
     Exact duplicates (after normalisation; the lexicographically first spelling is kept) are dropped first, and
     templates with no word characters are skipped; a template goes to eval when its hash falls in the lowest 20 of
     100 buckets, so the split does not depend on order or on the other templates. Training templates
-    that near-duplicate an eval template are dropped, so no evaluation wrapper appears in training. Both lists are
+    that near-duplicate an eval template, or share half of the shorter one's 8-word runs with it (one contains the
+    other), are dropped, so no evaluation wrapper appears in training. Both lists are
     sorted by hash.
 
     >>> train, held = jailbreak_split(["a b c!", "d e f", "a b c"])
@@ -270,10 +303,13 @@ def _raw_sources(data_dir: str | Path | None) -> list[_Raw]:
             for prefix, source, label, texts in groups for i, text in enumerate(texts)]
 
 
+_EMBEDDED: dict[str, Any] = {}  # text -> embedding, for this process (a subset of an embedded list is free)
+
+
 def _embed_cached(texts: Sequence[str]):
     """:func:`cada.spec.retrieval.embed`, cached in ``$CADA_HOME/embeddings`` by a hash of the encoder and texts.
 
-    Embedding the ~3.3k pool prompts takes 15-60 s on two CPU cores; a rebuild with the same texts loads them.
+    Embedding the ~4k pool prompts takes 15-60 s on two CPU cores; a rebuild with the same texts loads them.
     """
     import numpy as np
 
@@ -285,10 +321,14 @@ def _embed_cached(texts: Sequence[str]):
         try:
             emb = np.load(path)
             if emb.shape[0] == len(texts):
+                _EMBEDDED.update(zip(texts, emb))
                 return emb
         except (OSError, ValueError):
             pass  # a damaged cache file: recompute it
-    emb = embed(texts)
+    missing = list(dict.fromkeys(t for t in texts if t not in _EMBEDDED))
+    if missing:
+        _EMBEDDED.update(zip(missing, embed(missing)))
+    emb = np.stack([_EMBEDDED[t] for t in texts]) if texts else np.zeros((0, 384), dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.tmp.npy")
     np.save(tmp, emb)
@@ -393,12 +433,57 @@ def _drop_overlap(items: list, describe: Callable[[Any], tuple[str, str, str]], 
     return kept
 
 
+# sentence-embedding cosine at or above which a training prompt counts as a reworded evaluation prompt ("Can you
+# explain how to pick a lock?" vs AdvBench's "Give detailed instructions on how to pick a lock", 0.91); the lexical
+# index misses these. Checked against the request-style sets (GSM8K's word problems and the jailbreak templates are
+# covered by the lexical and containment checks).
+PARAPHRASE_THRESHOLD = 0.85
+PARAPHRASE_SETS = ("xstest", "strongreject", "advbench")
+
+
+def drop_paraphrases(items: list, describe: Callable[[Any], tuple[str, str, str]], refs: dict[str, str],
+                     removed: list[dict], threshold: float = PARAPHRASE_THRESHOLD) -> list:
+    """``items`` whose text (``describe(item)`` gives id, text, source) is no paraphrase of a reference in ``refs``
+    (reference text -> its evaluation set); the others are reported in ``removed`` with kind ``paraphrase``."""
+    if not items or not refs:
+        return list(items)
+    ref_list = sorted(refs)
+    described = [describe(it) for it in items]
+    sims = _embed_cached([d[1] for d in described]) @ _embed_cached(ref_list).T
+    best = sims.argmax(axis=1)
+    kept = []
+    for it, (id_, text, source), j, row in zip(items, described, best, sims):
+        if float(row[j]) >= threshold:
+            m = Match(-1, ref_list[int(j)], "paraphrase", round(float(row[j]), 3))
+            removed.append(_removal(id_, text, source, m, refs[ref_list[int(j)]]))
+        else:
+            kept.append(it)
+    return kept
+
+
+def _paraphrase_refs(sets: dict[str, list[str]]) -> dict[str, str]:
+    return {t: name for name in PARAPHRASE_SETS for t in sets.get(name, ())}
+
+
+def drop_eval_overlap(prompts: Sequence[PoolPrompt], data_dir: str | Path | None = None
+                      ) -> tuple[list[PoolPrompt], list[dict]]:
+    """A user's pool without the prompts that overlap a shipped evaluation prompt: exact or near duplicates (of
+    the prompt as written and of its request without a jailbreak wrapper) and paraphrases. Returns (kept, removed).
+    """
+    sets = evaluation_prompts(data_dir)
+    index, removed = _EvalIndex(sets), []
+    kept = _drop_overlap(list(prompts), lambda p: (p.id, p.prompt, p.source), index, removed)
+    kept = _drop_overlap(kept, lambda p: (p.id, p.base_prompt, p.source), index, removed)
+    kept = drop_paraphrases(kept, lambda p: (p.id, p.base_prompt, p.source), _paraphrase_refs(sets), removed)
+    return kept, removed
+
+
 def build_pools(data_dir: str | Path | None = None, *, jailbreak_share: float = 0.25, seed: int = 0,
                 spec: Spec | None = None) -> Pools:
     """Build the training pools from the shipped data (or ``data_dir``, laid out like ``cada/data/files``).
 
     Steps: read the five sources; drop repeated requests (same normalised text; the first source wins); remove
-    requests that overlap an evaluation prompt; label and categorise, dropping HH-RLHF turns not labelled harmful;
+    requests that overlap an evaluation prompt (exact, near duplicate, or a paraphrase by sentence embedding); label and categorise, dropping HH-RLHF turns not labelled harmful;
     wrap ``jailbreak_share`` of the harmful requests in training jailbreak templates; remove wrapped prompts that
     overlap an evaluation prompt.
     Deterministic for a given ``seed`` and spec.
@@ -406,12 +491,14 @@ def build_pools(data_dir: str | Path | None = None, *, jailbreak_share: float = 
     spec = spec or load_spec()
     removed: list[dict] = []
     train_t, eval_t, dropped = _split_templates(load_jailbreak_templates(data_dir))
-    eval_index = _EvalIndex({**_fixed_eval_sets(data_dir), "jailbreak_eval": eval_t})
+    fixed = _fixed_eval_sets(data_dir)
+    eval_index = _EvalIndex({**fixed, "jailbreak_eval": eval_t})
 
     raw_all = _raw_sources(data_dir)
     raw = _first_of_each(raw_all)
     duplicates = len(raw_all) - len(raw)
     raw = _drop_overlap(raw, lambda r: (r.id, r.text, r.source), eval_index, removed)
+    raw = drop_paraphrases(raw, lambda r: (r.id, r.text, r.source), _paraphrase_refs(fixed), removed)
     prompts = _label_and_categorise(raw, spec)
     unsure = sum(p.source == "hh_rlhf" and p.label != "harmful" for p in prompts)
     prompts = [p for p in prompts if p.source != "hh_rlhf" or p.label == "harmful"]
