@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import csv
-import json
 import re
 import shutil
 from pathlib import Path
@@ -14,7 +12,6 @@ from cada.cli import app
 from cada.data.overlap import OverlapIndex, normalize
 from cada.spec import DEFAULT_SPEC_DIR, SpecError, Verdict, load_spec
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 runner = CliRunner()
 
 
@@ -31,25 +28,24 @@ def test_default_spec_covers_every_category_both_ways(spec):
     assert any(c.verdict is Verdict.safe_complete for c in self_harm)
 
 
-def _eval_prompts() -> list[str]:
-    out = []
-    for path, col in [("xstest/xstest_prompts.csv", "prompt"), ("strongreject/strongreject_dataset.csv",
-                      "forbidden_prompt"), ("advbench/harmful_behaviors.csv", "goal")]:
-        with open(SHARED / path, newline="", encoding="utf-8") as f:
-            out += [r[col] for r in csv.DictReader(f)]
-    with open(SHARED / "gsm8k/test.jsonl", encoding="utf-8") as f:
-        out += [json.loads(line)["question"] for line in f]
-    return out
-
-
-@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
 def test_no_evaluation_prompt_leaks_into_the_cases(spec):
-    evals = _eval_prompts()
+    """No evaluation prompt (the shipped copies) appears in the spec, nearly or reworded, in a case request."""
+    from cada.data import pools as P
+
+    sets = P.evaluation_prompts()
+    evals = [t for texts in sets.values() for t in texts]
     spec_text = normalize(" ".join(p.read_text() for p in DEFAULT_SPEC_DIR.glob("*.yaml")))
     for e in map(normalize, evals):
         assert len(e) < 25 or e not in spec_text, f"evaluation prompt inside the spec: {e!r}"
-    hits = OverlapIndex(evals).find([c.request for c in spec.cases])
+    requests = [c.request for c in spec.cases]
+    hits = OverlapIndex(evals).find(requests)
     assert not hits, [(spec.cases[h.index].id, h.reference, h.similarity) for h in hits]
+    # reworded: a case is an illustration, not a near-copy of a benchmark request (C23 once was, at 0.75)
+    refs = sorted({t for name in P.PARAPHRASE_SETS for t in sets[name]})
+    sims = P._embed_cached(requests) @ P._embed_cached(refs).T
+    worst = sims.max(axis=1)
+    assert float(worst.max()) < 0.7, [(spec.cases[i].id, round(float(worst[i]), 3))
+                                      for i in range(len(requests)) if worst[i] >= 0.7]
 
 
 def test_overlap_index_finds_exact_and_near_duplicates():
