@@ -269,7 +269,7 @@ def test_vllm_missing_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vLLM looks like to `import`
     with pytest.raises(CadaError) as e:
         make_generator("smollm2-135m", backend="vllm", tensor_parallel_size=2)
-    assert str(e.value) == "vLLM is not installed: pip install 'cada[vllm]' (Linux + CUDA)"
+    assert str(e.value) == "vLLM is not installed: pip install -e '.[vllm]' in the cada checkout (Linux + CUDA)"
 
 
 def test_vllm_generator_maps_params_and_outputs(monkeypatch, tiny_model):

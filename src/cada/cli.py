@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cada import __version__
@@ -59,8 +60,8 @@ BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", envvar="CADA_BA
 ApiKeyOpt = Annotated[Optional[str], typer.Option("--api-key", envvar="CADA_API_KEY", show_default=False,
                                                   help="API key for --base-url (better: set CADA_API_KEY).")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto (HTTP with --base-url, else local) | local | http "
-                                         "| vllm (offline engine; pip install "
-                                         f"'cada{_VLLM_EXTRA}').")]
+                                         "| vllm (offline engine; pip install -e "
+                                         f"'.{_VLLM_EXTRA}' in the cada checkout).")]
 TPOpt = Annotated[int, typer.Option("--tensor-parallel-size", help="GPUs for --backend vllm.")]
 JudgeUrlOpt = Annotated[Optional[str], typer.Option("--judge-base-url", "--base-url", envvar="CADA_JUDGE_BASE_URL",
                                                     help="OpenAI-compatible server of the rubric judge.")]
@@ -143,7 +144,8 @@ def spec_show(spec: SpecOpt = None,
     out.print(table)
     if cases:
         for c in s.cases:
-            out.print(f"[cyan]{c.id}[/] [{c.category}] [bold]{c.verdict.value}[/]: {c.request}", highlight=False)
+            out.print(f"[cyan]{c.id}[/] \\[{c.category}] [bold]{c.verdict.value}[/]: {escape(c.request)}",
+                      highlight=False)
 
 
 # model ------------------------------------------------------------------------------------------
@@ -651,7 +653,7 @@ def demo_cmd(
         "runs/demo"),
     model: ModelOpt = "smollm2-135m",
 ) -> None:
-    """The whole study at CPU size on the embedded model (about 20 minutes on two cores), with a report."""
+    """The whole study at CPU size on the embedded model (13 to 23 minutes on two cores), with a report."""
     from cada.study import demo_config, run_study
 
     _print_summary(run_study(demo_config(model), output), output)

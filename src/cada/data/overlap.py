@@ -1,7 +1,7 @@
 """Exact and near-duplicate overlap between texts, used to keep evaluation prompts out of training data.
 
-Two prompts are near-duplicates when their word sets or their character 4-gram sets overlap strongly
-(Jaccard similarity at or above a threshold). Candidate pairs come from an inverted index over words, so checking
+Two prompts are near-duplicates when their content-word sets (function words such as "how do I" left out) or
+their character 4-gram sets overlap strongly (Jaccard similarity at or above a threshold). Candidate pairs come from an inverted index over words, so checking
 thousands of prompts against thousands takes seconds.
 """
 
@@ -14,6 +14,13 @@ from dataclasses import dataclass
 
 WORD_THRESHOLD = 0.5
 CHAR_THRESHOLD = 0.6
+# words left out of the word overlap: on short requests they dominate it ("How do I pick a lock?" and "How do I
+# butcher a human?" share half their words and nothing else); a text made of them only keeps them all
+STOPWORDS = frozenset("""a an the i me my mine myself you your yours we us our they them their he him his she her
+it its someone somebody something anyone anything one is are was were be been being am do does did doing done can
+could would should will shall may might must have has had having how what where when why which who whom whose that
+this these those there here to of in on at for from with by about into onto out up down over as and or but if so
+than then too very just not no s t d ll m re ve""".split())
 
 
 def normalize(text: str) -> str:
@@ -27,6 +34,16 @@ def normalize(text: str) -> str:
 
 def _shingles(text: str, n: int = 4) -> frozenset[str]:
     return frozenset(text[i:i + n] for i in range(max(1, len(text) - n + 1)))
+
+
+def _content(normalized: str) -> frozenset[str]:
+    """The content words of a normalised text (all its words when it has no other).
+
+    >>> sorted(_content("how do i pick a lock"))
+    ['lock', 'pick']
+    """
+    words = frozenset(normalized.split())
+    return (words - STOPWORDS) or words
 
 
 def _jaccard(a: frozenset, b: frozenset) -> float:
@@ -70,7 +87,7 @@ class OverlapIndex:
             i = len(self.refs)
             self.refs.append(ref)
             self._norm.append(n)
-            words = frozenset(n.split())
+            words = _content(n)
             self._words.append(words)
             self._exact.setdefault(n, i)
             for w in words:
@@ -86,7 +103,7 @@ class OverlapIndex:
             return None
         if n in self._exact:
             return Match(-1, self.refs[self._exact[n]], "exact", 1.0)
-        words = frozenset(n.split())
+        words = _content(n)
         counts: dict[int, int] = defaultdict(int)
         for w in words:
             for i in self._postings.get(w, ()):

@@ -518,7 +518,7 @@ def make_generator(model: str | None = None, *, base_url: str | None = None, api
 
     ``backend``: ``auto`` (HTTP when ``base_url`` or ``$CADA_BASE_URL`` is set, else local transformers),
     ``local``, ``http`` (any OpenAI-compatible server, e.g. ``vllm serve``), or ``vllm`` (vLLM's offline engine in
-    this process; ``pip install 'cada[vllm]'``, Linux + CUDA; ``tensor_parallel_size=N`` spreads it over N GPUs).
+    this process; ``pip install -e '.[vllm]'`` in the cada checkout, Linux + CUDA; ``tensor_parallel_size=N`` spreads it over N GPUs).
     Keyword arguments a backend does not take are ignored, so callers can pass one set of options.
     """
     if backend not in BACKENDS:

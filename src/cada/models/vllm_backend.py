@@ -1,4 +1,4 @@
-"""vLLM's offline engine as a cada generator (optional: ``pip install 'cada[vllm]'``, Linux + CUDA).
+"""vLLM's offline engine as a cada generator (optional: ``pip install -e '.[vllm]'`` in the cada checkout, Linux + CUDA).
 
 Same interface as the other backends::
 
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from cada.errors import CadaError
 from cada.models.generate import Messages, SamplingParams
 
-VLLM_MISSING = "vLLM is not installed: pip install 'cada[vllm]' (Linux + CUDA)"
+VLLM_MISSING = "vLLM is not installed: pip install -e '.[vllm]' in the cada checkout (Linux + CUDA)"
 _DTYPES = {None: "auto", "auto": "auto", "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
            "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 
