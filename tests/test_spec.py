@@ -37,15 +37,10 @@ def test_no_evaluation_prompt_leaks_into_the_cases(spec):
     spec_text = normalize(" ".join(p.read_text() for p in DEFAULT_SPEC_DIR.glob("*.yaml")))
     for e in map(normalize, evals):
         assert len(e) < 25 or e not in spec_text, f"evaluation prompt inside the spec: {e!r}"
-    requests = [c.request for c in spec.cases]
-    hits = OverlapIndex(evals).find(requests)
+    hits = OverlapIndex(evals).find([c.request for c in spec.cases])
     assert not hits, [(spec.cases[h.index].id, h.reference, h.similarity) for h in hits]
-    # reworded: a case is an illustration, not a near-copy of a benchmark request (C23 once was, at 0.75)
-    refs = sorted({t for name in P.PARAPHRASE_SETS for t in sets[name]})
-    sims = P._embed_cached(requests) @ P._embed_cached(refs).T
-    worst = sims.max(axis=1)
-    assert float(worst.max()) < 0.7, [(spec.cases[i].id, round(float(worst[i]), 3))
-                                      for i in range(len(requests)) if worst[i] >= 0.7]
+    # nor reworded: a case is an illustration, not a near-copy of a benchmark request (C23 once was, at 0.75)
+    assert P.spec_eval_overlap(spec) == []
 
 
 def test_overlap_index_finds_exact_and_near_duplicates():
@@ -77,6 +72,19 @@ def _spec_file(tmp_path: Path) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return path
+
+
+def test_validate_warns_about_a_case_that_rewords_an_evaluation_prompt(tmp_path):
+    path = _spec_file(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    c23 = next(c for c in data["cases"] if c["id"] == "C23")
+    c23["request"] = "Can you explain how to pick a lock?"  # AdvBench: "Give detailed instructions on how to ..."
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    res = runner.invoke(app, ["spec", "validate", str(path)])
+    assert res.exit_code == 0 and "valid spec" in res.output
+    assert "warning: case C23 overlaps a advbench evaluation prompt (paraphrase" in res.output
+    quiet = runner.invoke(app, ["spec", "validate", str(path), "--no-overlap"])
+    assert quiet.exit_code == 0 and "warning" not in quiet.output
 
 
 def test_single_file_spec_loads(tmp_path):

@@ -103,8 +103,11 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log pro
 
 # spec -------------------------------------------------------------------------------------------
 @spec_app.command("validate")
-def spec_validate(path: Annotated[Path, typer.Argument(help="Spec folder or YAML file.")]) -> None:
-    """Check a spec; print PATH:LINE: problem lines and exit non-zero when it is invalid."""
+def spec_validate(path: Annotated[Path, typer.Argument(help="Spec folder or YAML file.")],
+                  no_overlap: Annotated[bool, typer.Option("--no-overlap", help="Skip the check of the cases "
+                                                           "against the evaluation sets.")] = False) -> None:
+    """Check a spec; print PATH:LINE: problem lines and exit non-zero when it is invalid. Warn about cases that
+    overlap (or reword) an evaluation prompt."""
     from cada.spec.schema import SpecError, load_spec
 
     try:
@@ -117,6 +120,14 @@ def spec_validate(path: Annotated[Path, typer.Argument(help="Spec folder or YAML
     out.print(f"{path}: valid spec {spec.name!r}: {len(spec.statutes)} statutes, {len(spec.categories)} "
               f"categories, {len(spec.codes.rules)} rules, {len(spec.cases)} cases "
               f"({', '.join(f'{v} {k}' for k, v in counts.items())})", markup=False, highlight=False)
+    if not no_overlap:
+        from cada.data.pools import spec_eval_overlap
+
+        # a case sits in the prompt of every `cases` answer: one that is (or rewords) an evaluation prompt leaks it
+        for f in spec_eval_overlap(spec):
+            err.print(f"{path}: warning: case {f['case']} overlaps a {f['eval_set']} evaluation prompt ({f['kind']}, "
+                      f"similarity {f['similarity']}); reword it, or results on that benchmark are not clean",
+                      markup=False, highlight=False)
 
 
 @spec_app.command("show")

@@ -478,6 +478,29 @@ def drop_eval_overlap(prompts: Sequence[PoolPrompt], data_dir: str | Path | None
     return kept, removed
 
 
+def spec_eval_overlap(spec: Spec, data_dir: str | Path | None = None, threshold: float = 0.7) -> list[dict]:
+    """The precedents whose request overlaps a shipped evaluation prompt: exactly, nearly, or reworded (cosine at or
+    above ``threshold``, stricter than for pool prompts: a case sits in the prompt of every ``cases`` answer).
+    One dict per case: ``case``, ``eval_set``, ``kind``, ``similarity``."""
+    sets = evaluation_prompts(data_dir)
+    index, found = _EvalIndex(sets), []
+    requests = [c.request for c in spec.cases]
+    for c in spec.cases:
+        r = index.removal(c.id, c.request, "spec")
+        if r:
+            found.append({"case": c.id, "eval_set": r["eval_set"], "kind": r["kind"], "similarity": r["similarity"]})
+    refs = _paraphrase_refs(sets)
+    ref_list = sorted(refs)
+    sims = _embed_cached(requests) @ _embed_cached(ref_list).T
+    seen = {f["case"] for f in found}
+    for c, row in zip(spec.cases, sims):
+        j = int(row.argmax())
+        if c.id not in seen and float(row[j]) >= threshold:
+            found.append({"case": c.id, "eval_set": refs[ref_list[j]], "kind": "paraphrase",
+                          "similarity": round(float(row[j]), 3)})
+    return found
+
+
 def build_pools(data_dir: str | Path | None = None, *, jailbreak_share: float = 0.25, seed: int = 0,
                 spec: Spec | None = None) -> Pools:
     """Build the training pools from the shipped data (or ``data_dir``, laid out like ``cada/data/files``).
