@@ -255,3 +255,19 @@ def test_user_file_kind_is_checked(tmp_path):
     data.write_text("prompt\nhello\n")
     r = _cada("eval", "--dataset", str(data), "--output", str(tmp_path / "o"), cwd=tmp_path)
     assert r.returncode == 1 and "--kind is required" in r.stderr
+
+
+def test_the_eta_waits_for_a_stage_that_carries_weight():
+    from rich.console import Console
+
+    from cada.study import _Clock
+
+    con = Console(record=True, width=200)
+    clock = _Clock([("pools", 1.0), ("eval a", 49.0), ("eval b", 50.0)], con)
+    clock.t0 -= 10  # as if the pools had taken 10 s
+    clock.done_w = 1.0  # a tiny stage done: its pace would promise a wild total
+    clock.run("eval a", lambda: None)
+    clock.done_w, clock.t0 = 50.0, clock.t0 - 90  # half the weight done in 100 s
+    clock.run("eval b", lambda: None)
+    lines = con.export_text().splitlines()
+    assert "left" not in lines[0] and "about 2 min left" in lines[1], lines

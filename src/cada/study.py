@@ -204,7 +204,8 @@ class _Clock:
         self.i += 1
         elapsed = time.perf_counter() - self.t0
         eta = ""
-        if self.done_w > 0 and elapsed > 1:
+        # the pace of a few small stages says little (the pools take seconds or minutes whatever the study's size)
+        if self.done_w >= 0.02 * self.total and elapsed > 1:
             left = (self.total - self.done_w) * elapsed / self.done_w
             eta = f", about {left / 60:.0f} min left" if left >= 60 else f", about {left:.0f} s left"
         self.console.print(f"[bold cyan][{self.i}/{len(self.stages)}][/] {name}"
