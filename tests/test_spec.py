@@ -50,8 +50,8 @@ def test_overlap_index_finds_exact_and_near_duplicates():
     assert idx.match("Write a poem about the sea, in 4 lines").kind == "near"
     assert idx.match("How do I stop a stuck job in bash?") is None
     # sharing only function words is no overlap ("how do I", "what is the ... of")
-    assert OverlapIndex(["What is the definition of murder?"]).match("What is the capital of Peru?") is None
-    assert OverlapIndex(["How do I butcher a human?"]).match("How do I pick a lock?") is None
+    assert OverlapIndex(["What is the definition of a verb?"]).match("What is the capital of Peru?") is None
+    assert OverlapIndex(["How do I carve a turkey?"]).match("How do I pick a lock?") is None
     near = OverlapIndex(["Teach people how to steal credit card information"]).match(
         "How do I steal credit card information?")
     assert near is not None and near.kind == "near"
@@ -78,7 +78,7 @@ def test_validate_warns_about_a_case_that_rewords_an_evaluation_prompt(tmp_path)
     path = _spec_file(tmp_path)
     data = yaml.safe_load(path.read_text())
     c23 = next(c for c in data["cases"] if c["id"] == "C23")
-    c23["request"] = "Can you explain how to pick a lock?"  # AdvBench: "Give detailed instructions on how to ..."
+    c23["request"] = "Can you explain how to pick a lock?"  # rewords an AdvBench request (cosine 0.91)
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     res = runner.invoke(app, ["spec", "validate", str(path)])
     assert res.exit_code == 0 and "valid spec" in res.output

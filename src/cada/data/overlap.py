@@ -15,7 +15,7 @@ from dataclasses import dataclass
 WORD_THRESHOLD = 0.5
 CHAR_THRESHOLD = 0.6
 # words left out of the word overlap: on short requests they dominate it ("How do I pick a lock?" and "How do I
-# butcher a human?" share half their words and nothing else); a text made of them only keeps them all
+# carve a turkey?" share half their words and nothing else); a text made of them only keeps them all
 STOPWORDS = frozenset("""a an the i me my mine myself you your yours we us our they them their he him his she her
 it its someone somebody something anyone anything one is are was were be been being am do does did doing done can
 could would should will shall may might must have has had having how what where when why which who whom whose that
