@@ -245,12 +245,14 @@ def section_dpo_full(model_dir: Path, steps: int, batch: int) -> dict:
         before = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
         trained = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
         after = trained.state_dict()
-        moved = sum(int((before[k] != after[k]).sum()) for k in before if k in after)
+        saved_dtype = trained.config.dtype if isinstance(trained.config.dtype, torch.dtype) else torch.float32
+        # compared at the saved precision: a float32 base against bf16-saved weights would differ by rounding alone
+        moved = sum(int((before[k].to(saved_dtype) != after[k].to(saved_dtype)).sum()) for k in before if k in after)
         total = sum(before[k].numel() for k in before if k in after)
         saved = str(trained.config.dtype).replace("torch.", "")
     return {"pairs": steps * batch, "steps": info["steps"], "train_seconds": info["train_seconds"],
             "wall_seconds_with_load_and_save": round(wall, 1), "weights_dtype": info.get("weights_dtype"),
-            "bf16_autocast": info.get("bf16_autocast"), "saved_dtype": saved, "lr": 1e-5,
+            "bf16_autocast": info.get("bf16_autocast"), "saved_dtype": saved, "lr": cfg.learning_rate,
             "share_of_weights_changed": round(moved / max(1, total), 4), "train_loss": info.get("train_loss")}
 
 

@@ -425,16 +425,16 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
     from cada.spec.schema import load_spec
     from cada.train import TrainConfig, train
 
-    from cada.models.load import resolve_model
+    from cada.models.load import resolve_trainable
 
     if cfg.calibration_per_label and ARMS[cfg.arm][1] != "dpo":
         raise CadaError(f"calibration_per_label: the calibration pass follows DPO; arm {cfg.arm!r} has none "
                         "(leave it unset)")
-    resolve_model(cfg.model)  # training needs local weights: a typo fails here, before any stage runs
+    resolve_trainable(cfg.model)  # training needs local weights: a typo fails here, before any stage runs
     run = Path(output)
     run.mkdir(parents=True, exist_ok=True)
     saved = run / "config.yaml"
-    if saved.exists() and AlignConfig.model_validate(yaml.safe_load(saved.read_text())) != cfg:
+    if saved.exists() and AlignConfig.from_yaml(saved) != cfg:
         raise CadaError(f"{saved}: this run folder was started with another config; use a new --output "
                         "or the same settings to resume")
     saved.write_text(cfg.to_yaml())

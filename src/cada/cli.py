@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,19 +19,9 @@ from cada import __version__
 from cada.errors import CadaError
 
 
-
-def _wide_terminal() -> bool:
-    """Rich help panels only on a terminal of 100+ columns: on a narrow one, and when piped (rich then draws 80
-    columns), they would cut long option names such as --calibration-per-label; click's plain help wraps instead."""
-    if os.environ.get("COLUMNS", "").isdigit():
-        return int(os.environ["COLUMNS"]) >= 100
-    try:
-        return os.get_terminal_size(sys.stdout.fileno()).columns >= 100
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-_MARKUP = "rich" if _wide_terminal() else None
+# rich help panels only on a terminal of 100+ columns: on a narrow one, and when piped (rich then draws 80
+# columns), they would cut long option names such as --calibration-per-label; click's plain help wraps instead
+_MARKUP = "rich" if shutil.get_terminal_size((80, 24)).columns >= 100 else None
 _VLLM_EXTRA = "\\[vllm]" if _MARKUP else "[vllm]"  # rich would read [vllm] as markup and drop it
 app = typer.Typer(help="Case-Augmented Deliberative Alignment: safer LLMs from statutes and precedents.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -308,7 +299,11 @@ def _pool_prompts(pool: Optional[Path], limit: Optional[int], seed: int):
 
     if pool is not None:
         prompts = P.load_user_pool(pool) if pool.suffix in (".csv", ".json") else P.read_pool(pool)
-        prompts, removed = P.drop_eval_overlap(prompts)  # the shipped pools' own check, for any user pool
+        # the shipped pools' own check for a user's prompts (a pool `cada align` wrote was checked when built)
+        user = [p for p in prompts if p.source == "user"]
+        _, removed = P.drop_eval_overlap(user) if user else ([], [])
+        gone = {r["id"] for r in removed}
+        prompts = [p for p in prompts if p.id not in gone]
         if removed:
             err.print(f"{pool}: {len(removed)} prompts overlap an evaluation prompt (exactly, nearly or reworded) "
                       "and were left out", markup=False, highlight=False)

@@ -147,8 +147,8 @@ def demo_config(model: str = "smollm2-135m") -> StudyConfig:
     """The CPU-sized preset behind ``cada demo``: shows the direction in minutes, not the final quality."""
     return StudyConfig(
         name="demo", model=model,
-        # sized for about 20 minutes on two CPU cores (13.3 to 27.6 min measured on different days); the eval budget of 64 new tokens
-        # leaves room for the ~35-token grounded analysis plus the final response
+        # sized for about 20 minutes on two CPU cores (13.3 to 27.6 min measured on different days); the eval budget
+        # of 64 new tokens leaves room for the ~35-token grounded analysis plus the final response
         pool=PoolConfig(limit_per_label=24, heldout_per_label=50),
         generation=GenConfig(n=2, k=3, max_new_tokens=40, batch_size=16),
         # DPO holds policy and reference logits over the whole vocabulary: 4 pairs a step (x2 accumulation) keeps
@@ -305,13 +305,13 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     from cada.align import align, prepare_pools
     from cada.evaluate import evaluate
     from cada.models.generate import make_generator
-    from cada.models.load import release_models, resolve_model
+    from cada.models.load import release_models, resolve_trainable
     from cada.spec.schema import load_spec
 
     console = console or Console(stderr=True, quiet=not show_progress)
     # mistakes that would otherwise surface only after the pools and the base evaluations
     if cfg.arms:
-        resolve_model(cfg.model)  # the arms train on local weights
+        resolve_trainable(cfg.model)  # the arms train on local weights
     judge, rubric = _judges(cfg)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -490,7 +490,7 @@ def _pools(cfg: AlignConfig, out: Path, spec, sets: list[tuple[EvalSet, list]]) 
         return train, held, report
     # every prompt of each set, not only the ones this study answers: a limited set's other prompts stay
     # evaluation prompts
-    every = [(s, eval_items(s.model_copy(update={"limit": None}))) for s, _ in sets]
+    every = [(s, eval_items(s.model_copy(update={"limit": None})) if s.limit else items) for s, items in sets]
     refs = {it.prompt for _, items in every for it in items}
     refs |= {it.meta["base_prompt"] for _, items in every for it in items if it.meta.get("base_prompt")}
     requests = {it.meta.get("base_prompt") or it.prompt: s.name for s, items in every for it in items

@@ -22,6 +22,7 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 from cada.errors import CadaError
+from cada.models.load import bf16_native
 
 log = logging.getLogger(__name__)
 METHODS = ("dpo", "sft", "grpo")
@@ -116,13 +117,6 @@ def _checkpointing_option() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
-def bf16_native() -> bool:
-    """A GPU with bf16 in hardware (not V100/T4, where torch would emulate it slowly)."""
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-
-
 def _weights_dtype(cfg: TrainConfig):
     """The dtype the policy's weights are trained in. Full fine-tuning keeps float32 weights (bf16 only as
     autocast): a bf16 weight cannot hold an Adam step of lr 1e-6 to 5e-5, which rounds away; a LoRA base is frozen,
@@ -207,14 +201,11 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
     import torch
     from transformers import AutoTokenizer
 
-    from cada.models.load import resolve_model
+    from cada.models.load import resolve_trainable
 
     output = Path(output)
     dataset = _dataset(data, config.method)  # checked before anything is written or loaded
-    source = resolve_model(model)
-    if (Path(source) / "adapter_config.json").is_file():
-        raise CadaError(f"{source}: a LoRA adapter folder; train from a merged model (train it without --no-merge, "
-                        "or merge the adapter with peft's merge_and_unload)")
+    source = resolve_trainable(model)
     if torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
         # transformers would wrap the model in nn.DataParallel, which TRL refuses mid-setup
         raise CadaError(f"{torch.cuda.device_count()} GPUs are visible to one process: train on several with "
@@ -248,10 +239,11 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
     seconds = time.perf_counter() - t0
     info = {"train_seconds": round(seconds, 1), "examples": len(dataset), "base_model": str(model),
             "steps": result.global_step, "train_loss": round(result.training_loss, 4),
-            "weights_dtype": str(_weights_dtype(config)).replace("torch.", ""), "bf16_autocast": args.get("bf16")}
+            "weights_dtype": str(next(p for p in trainer.model.parameters() if p.requires_grad).dtype
+                                 ).replace("torch.", ""), "bf16_autocast": args.get("bf16")}
     if resume:
         info["resumed_from"] = Path(resume).name
-    return _save(trainer, tokenizer, output, config, info)
+    return _save(trainer, tokenizer, output, config, info, trust_remote_code)
 
 
 def _fingerprint(model: str, dataset, config: TrainConfig) -> str:
@@ -385,7 +377,8 @@ def _freeze_below(model, top: int) -> None:
             p.requires_grad_(True)
 
 
-def _save(trainer, tokenizer, output: Path, config: TrainConfig, info: dict) -> Path:
+def _save(trainer, tokenizer, output: Path, config: TrainConfig, info: dict, trust_remote_code: bool = False
+          ) -> Path:
     """Save the trained model; returns the folder to pass as ``--model``: ``<output>/model``, or with LoRA and
     ``merge=False`` the adapter folder (with the tokenizer; transformers loads the base model under it).
 
@@ -404,8 +397,9 @@ def _save(trainer, tokenizer, output: Path, config: TrainConfig, info: dict) -> 
                 from peft import AutoPeftModelForCausalLM
 
                 dtype = torch.bfloat16 if bf16_native() else torch.float32
-                merged = AutoPeftModelForCausalLM.from_pretrained(str(output / "adapter"), dtype=dtype,
-                                                                  device_map=None).merge_and_unload()
+                merged = AutoPeftModelForCausalLM.from_pretrained(
+                    str(output / "adapter"), dtype=dtype, device_map=None,
+                    trust_remote_code=trust_remote_code).merge_and_unload()
                 merged.save_pretrained(model_dir)
             tokenizer.save_pretrained(model_dir)
     elif acc.is_main_process:

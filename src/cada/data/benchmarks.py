@@ -7,6 +7,7 @@ Shipped (see ``data/files/SOURCES.md``): ``xstest-safe`` (over-refusal), ``xstes
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -108,11 +109,17 @@ def fill_template(template: str, prompt: str) -> str:
 
 def eval_templates(limit: int | None = None) -> list[tuple[str, str]]:
     """(name, template) pairs of the *evaluation* part of the in-the-wild split, in a stable order."""
+    named = _named_eval_templates()
+    return list(named[:limit] if limit else named)
+
+
+@functools.lru_cache(maxsize=1)
+def _named_eval_templates() -> tuple[tuple[str, str], ...]:
+    """The split of the shipped templates, once per process (about a second; ``wrap`` asks for it per item)."""
     from cada.data.pools import jailbreak_split, load_jailbreak_templates
 
     _, evals = jailbreak_split(load_jailbreak_templates())
-    named = sorted((f"inthewild-{hashlib.sha256(t.encode()).hexdigest()[:8]}", t) for t in evals)
-    return named[:limit] if limit else named
+    return tuple(sorted((f"inthewild-{hashlib.sha256(t.encode()).hexdigest()[:8]}", t) for t in evals))
 
 
 def wrap(items: list[EvalItem], attacks: list[str], *, templates: int = 4,

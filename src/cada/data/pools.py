@@ -313,8 +313,10 @@ def _embed_cached(texts: Sequence[str]):
     """
     import numpy as np
 
-    from cada.spec.retrieval import embed, encoder_dir
+    from cada.spec.retrieval import embed, encoder, encoder_dir
 
+    if not texts:
+        return np.zeros((0, encoder().get_sentence_embedding_dimension()), dtype=np.float32)
     key = hashlib.sha256("\x00".join([str(encoder_dir()), *texts]).encode("utf-8")).hexdigest()[:24]
     path = cada_home() / "embeddings" / f"{key}.npy"
     if path.is_file():
@@ -328,7 +330,9 @@ def _embed_cached(texts: Sequence[str]):
     missing = list(dict.fromkeys(t for t in texts if t not in _EMBEDDED))
     if missing:
         _EMBEDDED.update(zip(missing, embed(missing)))
-    emb = np.stack([_EMBEDDED[t] for t in texts]) if texts else np.zeros((0, 384), dtype=np.float32)
+    emb = np.stack([_EMBEDDED[t] for t in texts])
+    if not missing:  # every vector came from this process's memo (a subset of a list cached below): no new file
+        return emb
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.tmp.npy")
     np.save(tmp, emb)
@@ -434,8 +438,9 @@ def _drop_overlap(items: list, describe: Callable[[Any], tuple[str, str, str]], 
 
 
 # sentence-embedding cosine at or above which a training prompt counts as a reworded evaluation prompt (a
-# Do-Not-Answer lock-picking question against the AdvBench request it rewords: 0.91); the lexical index misses these. Checked against the request-style sets (GSM8K's word problems and the jailbreak templates are
-# covered by the lexical and containment checks).
+# Do-Not-Answer lock-picking question against the AdvBench request it rewords: 0.91); the lexical index misses
+# these. Checked against the request-style sets (GSM8K's word problems and the jailbreak templates are covered by
+# the lexical and containment checks).
 PARAPHRASE_THRESHOLD = 0.85
 PARAPHRASE_SETS = ("xstest", "strongreject", "advbench")
 
@@ -482,22 +487,12 @@ def spec_eval_overlap(spec: Spec, data_dir: str | Path | None = None, threshold:
     above ``threshold``, stricter than for pool prompts: a case sits in the prompt of every ``cases`` answer).
     One dict per case: ``case``, ``eval_set``, ``kind``, ``similarity``."""
     sets = evaluation_prompts(data_dir)
-    index, found = _EvalIndex(sets), []
-    requests = [c.request for c in spec.cases]
-    for c in spec.cases:
-        r = index.removal(c.id, c.request, "spec")
-        if r:
-            found.append({"case": c.id, "eval_set": r["eval_set"], "kind": r["kind"], "similarity": r["similarity"]})
-    refs = _paraphrase_refs(sets)
-    ref_list = sorted(refs)
-    sims = _embed_cached(requests) @ _embed_cached(ref_list).T
-    seen = {f["case"] for f in found}
-    for c, row in zip(spec.cases, sims):
-        j = int(row.argmax())
-        if c.id not in seen and float(row[j]) >= threshold:
-            found.append({"case": c.id, "eval_set": refs[ref_list[j]], "kind": "paraphrase",
-                          "similarity": round(float(row[j]), 3)})
-    return found
+    removed: list[dict] = []
+    describe = lambda c: (c.id, c.request, "spec")  # noqa: E731
+    rest = _drop_overlap(list(spec.cases), describe, _EvalIndex(sets), removed)
+    drop_paraphrases(rest, describe, _paraphrase_refs(sets), removed, threshold)
+    return [{"case": r["id"], "eval_set": r["eval_set"], "kind": r["kind"], "similarity": r["similarity"]}
+            for r in removed]
 
 
 def build_pools(data_dir: str | Path | None = None, *, jailbreak_share: float = 0.25, seed: int = 0,
@@ -505,7 +500,8 @@ def build_pools(data_dir: str | Path | None = None, *, jailbreak_share: float = 
     """Build the training pools from the shipped data (or ``data_dir``, laid out like ``cada/data/files``).
 
     Steps: read the five sources; drop repeated requests (same normalised text; the first source wins); remove
-    requests that overlap an evaluation prompt (exact, near duplicate, or a paraphrase by sentence embedding); label and categorise, dropping HH-RLHF turns not labelled harmful;
+    requests that overlap an evaluation prompt (exact, near duplicate, or a paraphrase by sentence embedding); label
+    and categorise, dropping HH-RLHF turns not labelled harmful;
     wrap ``jailbreak_share`` of the harmful requests in training jailbreak templates; remove wrapped prompts that
     overlap an evaluation prompt.
     Deterministic for a given ``seed`` and spec.

@@ -146,12 +146,28 @@ def resolve_model(name: str | os.PathLike[str] | None) -> str:
                     "an existing local folder, or a hub id like org/name")
 
 
+def resolve_trainable(name: str | os.PathLike[str] | None) -> str:
+    """:func:`resolve_model` for a model to train: a LoRA adapter folder (which generation takes) is refused."""
+    source = resolve_model(name)
+    if (Path(source) / "adapter_config.json").is_file() and not (Path(source) / "config.json").is_file():
+        raise CadaError(f"{source}: a LoRA adapter folder; train from a merged model (train it without --no-merge, "
+                        "or merge the adapter with peft's merge_and_unload)")
+    return source
+
+
 def pick_device(device: str | None = None) -> str:
     import torch
 
     if device and device != "auto":
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bf16_native() -> bool:
+    """A GPU with bf16 in hardware (not V100/T4, where torch would emulate it slowly)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def _dtype(dtype: str | None, device: str):
@@ -161,7 +177,7 @@ def _dtype(dtype: str | None, device: str):
         if not device.startswith("cuda"):
             return torch.float32
         # bf16 where the GPU has it in hardware; float16 on older ones (V100, T4), as vLLM's "auto" does
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        return torch.bfloat16 if bf16_native() else torch.float16
     try:
         return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
