@@ -482,8 +482,8 @@ def _pools(cfg: AlignConfig, out: Path, spec, sets: list[tuple[EvalSet, list]]) 
     study's evaluation prompts removed from training -- a second guard after the pools' own check against the
     shipped benchmarks, and the only one for user pools and user eval files."""
     from cada.align import prepare_pools
-    from cada.data.overlap import OverlapIndex, fingerprint
-    from cada.data.pools import drop_paraphrases, read_pool, write_jsonl
+    from cada.data.overlap import fingerprint
+    from cada.data.pools import drop_eval_overlap, read_pool, write_jsonl
 
     train, held, report = prepare_pools(cfg, out, spec)
     if "study_overlap" in report:
@@ -491,45 +491,34 @@ def _pools(cfg: AlignConfig, out: Path, spec, sets: list[tuple[EvalSet, list]]) 
     # every prompt of each set, not only the ones this study answers: a limited set's other prompts stay
     # evaluation prompts
     every = [(s, eval_items(s.model_copy(update={"limit": None})) if s.limit else items) for s, items in sets]
-    refs = {it.prompt for _, items in every for it in items}
-    refs |= {it.meta["base_prompt"] for _, items in every for it in items if it.meta.get("base_prompt")}
+    # the study's sets as written and without their jailbreak wrappers; their requests for the rewording check
+    texts = {s.name: [it.prompt for it in items] + [it.meta["base_prompt"] for it in items
+                                                   if it.meta.get("base_prompt")] for s, items in every}
     requests = {it.meta.get("base_prompt") or it.prompt: s.name for s, items in every for it in items
                 if it.kind in ("harmful", "benign")}
-    index = OverlapIndex(sorted(refs))
 
-    def hits(prompts: list) -> list[tuple[int, str, str, float]]:
-        """(position, matched evaluation text, kind, similarity) of the prompts that overlap: as written, without
-        their jailbreak wrapper, or reworded (sentence embedding)."""
-        found: dict[int, tuple[int, str, str, float]] = {}
-        for attr in ("prompt", "base_prompt"):
-            for m in index.find([getattr(q, attr) for q in prompts]):
-                found.setdefault(m.index, (m.index, m.reference, m.kind, m.similarity))
-        rest = [i for i in range(len(prompts)) if i not in found]
-        removed: list[dict] = []
-        drop_paraphrases([(i, prompts[i]) for i in rest], lambda x: (str(x[0]), x[1].base_prompt, x[1].source),
-                         requests, removed)
-        for r in removed:
-            found[int(r["id"])] = (int(r["id"]), r["matched"], r["kind"], r["similarity"])
-        return [found[i] for i in sorted(found)]
+    def check(prompts: list) -> tuple[list, list[dict]]:
+        return drop_eval_overlap(prompts, sets=texts, paraphrase_refs=requests)
 
-    matches = hits(train)
-    drop = {m[0] for m in matches}
-    train_texts = [p.prompt for p in train]
-    if drop:
-        train = [p for i, p in enumerate(train) if i not in drop]
+    train_before = len(train)
+    kept, removed = check(train)
+    if removed:
+        train = kept
         write_jsonl(out / "pool" / "train.jsonl", train)
     # the warm-up, judgement and calibration prompts reach beyond the self-generation pool: the same check for them
     for extra in ("warmup", "judgement", "calibration"):
         path = out / "pool" / f"{extra}.jsonl"
         if path.exists():
             prompts = read_pool(path)
-            hit = {m[0] for m in hits(prompts)}
+            rest, hit = check(prompts)
             if hit:
-                write_jsonl(path, [q for i, q in enumerate(prompts) if i not in hit])
+                write_jsonl(path, rest)
             report.setdefault("study_overlap_extra", {})[extra] = len(hit)
-    report["study_overlap"] = {"eval_prompts_checked": len(index), "train_removed": len(drop),
-                               "examples": [{"train": train_texts[i][:120], "eval": fingerprint(ref), "kind": kind,
-                                             "similarity": sim} for i, ref, kind, sim in matches[:10]]}
+    report["study_overlap"] = {"eval_prompts_checked": len({t for ts in texts.values() for t in ts}),
+                               "train_removed": train_before - len(train),
+                               "examples": [{"train": r["prompt"][:120], "eval": fingerprint(r["matched"]),
+                                             "eval_set": r["eval_set"], "kind": r["kind"],
+                                             "similarity": r["similarity"]} for r in removed[:10]]}
     report["train"] = len(train)
     (out / "pool" / "report.json").write_text(json.dumps(report, indent=2))
     return train, held, report

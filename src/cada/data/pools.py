@@ -469,16 +469,22 @@ def _paraphrase_refs(sets: dict[str, list[str]]) -> dict[str, str]:
     return {t: name for name in PARAPHRASE_SETS for t in sets.get(name, ())}
 
 
-def drop_eval_overlap(prompts: Sequence[PoolPrompt], data_dir: str | Path | None = None
+def drop_eval_overlap(prompts: Sequence[PoolPrompt], data_dir: str | Path | None = None, *,
+                      sets: dict[str, list[str]] | None = None, paraphrase_refs: dict[str, str] | None = None
                       ) -> tuple[list[PoolPrompt], list[dict]]:
-    """A user's pool without the prompts that overlap a shipped evaluation prompt: exact or near duplicates (of
-    the prompt as written and of its request without a jailbreak wrapper) and paraphrases. Returns (kept, removed).
-    """
-    sets = evaluation_prompts(data_dir)
+    """``prompts`` without those that overlap an evaluation prompt: exact or near duplicates (of the prompt as
+    written and of its request without a jailbreak wrapper) and paraphrases. Returns (kept, removed).
+
+    ``sets`` (name -> texts) defaults to the shipped evaluation sets and ``paraphrase_refs`` (request -> set name)
+    to their request-style ones; a study passes its own."""
+    sets = sets if sets is not None else evaluation_prompts(data_dir)
+    refs = paraphrase_refs if paraphrase_refs is not None else _paraphrase_refs(sets)
     index, removed = _EvalIndex(sets), []
     kept = _drop_overlap(list(prompts), lambda p: (p.id, p.prompt, p.source), index, removed)
-    kept = _drop_overlap(kept, lambda p: (p.id, p.base_prompt, p.source), index, removed)
-    kept = drop_paraphrases(kept, lambda p: (p.id, p.base_prompt, p.source), _paraphrase_refs(sets), removed)
+    wrapped = [p for p in kept if p.base_prompt != p.prompt]  # the others were just checked as written
+    clean = {p.id for p in _drop_overlap(wrapped, lambda p: (p.id, p.base_prompt, p.source), index, removed)}
+    kept = [p for p in kept if p.base_prompt == p.prompt or p.id in clean]
+    kept = drop_paraphrases(kept, lambda p: (p.id, p.base_prompt, p.source), refs, removed)
     return kept, removed
 
 
