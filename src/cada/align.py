@@ -154,13 +154,13 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
     if cfg.pool.user_pool:
         # a user's pool gets the shipped pools' check: no evaluation prompt (or a reworded one) trains
         prompts, removed = P.drop_eval_overlap(P.load_user_pool(cfg.pool.user_pool))
-        report = {"source": cfg.pool.user_pool, "removed_for_eval_overlap": len(removed),
-                  "removed": [{**r, "matched": fingerprint(r["matched"])} for r in removed[:50]]}
+        report: dict = {"source": cfg.pool.user_pool}
     else:
         pools = P.build_pools(jailbreak_share=cfg.pool.jailbreak_share, seed=cfg.seed, spec=spec)
-        prompts = pools.prompts
-        report = {"counts": pools.counts, "removed_for_eval_overlap": len(pools.removed),
-                  "removed": [{**r, "matched": fingerprint(r["matched"])} for r in pools.removed[:50]]}
+        prompts, removed = pools.prompts, pools.removed
+        report = {"counts": pools.counts}
+    report.update(removed_for_eval_overlap=len(removed),
+                  removed=[{**r, "matched": fingerprint(r["matched"])} for r in removed[:50]])
     train, held = P.split_heldout(prompts, n_heldout_per_label=cfg.pool.heldout_per_label, seed=cfg.seed)
     # a training prompt that near-duplicates a held-back one would leak it (the pools have reworded repeats)
     train, near = P.drop_near_heldout(train, held)
