@@ -554,3 +554,32 @@ def test_training_args_use_the_current_checkpointing_option(tmp_path):
         mine = DPOConfig(**_common_args(TrainConfig(extra={"activation_checkpointing": True}), tmp_path))
     assert args.gradient_checkpointing is torch.cuda.is_available()  # off on the CPU: it only costs time there
     assert mine.gradient_checkpointing is True
+
+
+def test_bf16_autocast_on_the_cpu_keeps_float32_weights_and_changes_the_numerics(tmp_path, tiny_model, spec):
+    """bf16 autocast where the hardware has it (a CPU with AVX512-BF16 / AMX trains faster under it); forced on
+    here, it must run on any CPU, keep float32 weights, and actually compute in bf16 (other weights than float32)."""
+    from cada.models.load import cpu_bf16_native
+    from cada.train import TrainConfig, _common_args, bf16_autocast, train
+
+    assert _common_args(TrainConfig(), tmp_path)["bf16"] is bf16_autocast()
+    if not __import__("torch").cuda.is_available():  # the CPU decides: AVX512-BF16 or AMX
+        assert bf16_autocast() is cpu_bf16_native()
+    assert _common_args(TrainConfig(bf16=False), tmp_path)["bf16"] is False
+    records = [rec("a", "harmful", 0, "comply", -1.0), rec("a", "harmful", 1, "refuse", 1.0),
+               rec("c", "benign", 0, "comply", 1.0, category="none"), rec("c", "benign", 1, "refuse", -1.0)]
+    rows = sft_set(records, spec, "cr")[0]
+    infos = {}
+    for bf16 in (False, True):
+        train(tiny_model, rows, tmp_path / str(bf16), TrainConfig(method="sft", lora_r=0, batch_size=2, epochs=2,
+                                                                  report_to="none", max_length=256, bf16=bf16))
+        infos[bf16] = json.loads((tmp_path / str(bf16) / "train_info.json").read_text())
+    assert infos[True]["bf16_autocast"] is True and infos[False]["bf16_autocast"] is False
+    assert infos[True]["weights_dtype"] == infos[False]["weights_dtype"] == "float32"
+    import torch
+    from safetensors.torch import load_file
+
+    weights = {b: load_file(str(tmp_path / str(b) / "model" / "model.safetensors")) for b in (False, True)}
+    assert all(weights[True][k].dtype == torch.float32 for k in weights[True])
+    # the same seed and data: only the bf16 arithmetic of the forward and backward passes tells the two apart
+    assert any(not torch.equal(weights[True][k], weights[False][k]) for k in weights[False])

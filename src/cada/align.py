@@ -80,6 +80,7 @@ class TrainCfg(_Cfg):
     lora_r: int = Field(16, ge=0)         # 0 = full fine-tuning
     top_layers: int = Field(0, ge=0)      # with lora_r 0: train only the top N decoder layers (0 = all)
     max_length: int = Field(768, ge=1)
+    bf16: bool | None = None              # bf16 autocast; None = where the GPU or CPU computes in bf16 (TrainConfig)
     # an arm's stages train on from each other and every command takes the result as --model, so they keep
     # merged models (the LoRA adapter is saved beside them); adapter-only output is `cada train --no-merge`
     merge: bool = True
@@ -396,7 +397,7 @@ def _sft_config(c: TrainCfg, seed: int):
 
     return TrainConfig(method="sft", learning_rate=c.learning_rate, epochs=c.epochs, batch_size=c.batch_size,
                        grad_accum=c.grad_accum, lora_r=c.lora_r, top_layers=c.top_layers, max_length=c.max_length,
-                       merge=True, seed=seed)
+                       bf16=c.bf16, merge=True, seed=seed)
 
 
 def train_judgement(cfg: AlignConfig, prompts: list, policy: str, out: Path) -> dict:
@@ -465,7 +466,8 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         t = cfg.train
         tcfg = TrainConfig(method=method, learning_rate=t.learning_rate, epochs=t.epochs, batch_size=t.batch_size,
                            grad_accum=t.grad_accum, beta=t.beta, sft_weight=t.sft_weight, lora_r=t.lora_r,
-                           top_layers=t.top_layers, max_length=t.max_length, merge=t.merge, seed=cfg.seed)
+                           top_layers=t.top_layers, max_length=t.max_length, bf16=t.bf16, merge=t.merge,
+                           seed=cfg.seed)
         start_model = policy
         if method == "dpo" and cfg.warmup and rnd == 1:
             wpath = rdir / "warmup.jsonl"

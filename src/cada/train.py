@@ -22,7 +22,7 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 from cada.errors import CadaError
-from cada.models.load import bf16_native
+from cada.models.load import bf16_native, cpu_bf16_native
 
 log = logging.getLogger(__name__)
 METHODS = ("dpo", "sft", "grpo")
@@ -55,6 +55,8 @@ class TrainConfig:
     seed: int = 0
     warmup_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
     logging_steps: _Pos = 5
+    bf16: bool | None = None          # bf16 autocast (float32 weights stay float32); None = where the hardware has
+                                      # it: a GPU with bf16, or a CPU with AVX512-BF16 / AMX (~1.8x faster steps)
     merge: bool = True                # False: keep only the LoRA adapter (<output>/adapter is then the model)
     report_to: str = "auto"           # auto: tensorboard when installed, else none
     # GRPO
@@ -126,11 +128,19 @@ def _weights_dtype(cfg: TrainConfig):
     return torch.bfloat16 if cfg.lora_r > 0 and bf16_native() else torch.float32
 
 
+def bf16_autocast() -> bool:
+    """Train under bf16 autocast by default? Where the hardware computes in bf16: a GPU with bf16 in hardware, or a
+    CPU with bf16 matrix instructions (:func:`cada.models.load.cpu_bf16_native`)."""
+    import torch
+
+    return bf16_native() if torch.cuda.is_available() else cpu_bf16_native()
+
+
 def _common_args(cfg: TrainConfig, output: Path) -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
-    bf16 = bf16_native()
+    bf16 = cfg.bf16 if cfg.bf16 is not None else bf16_autocast()
     args = dict(output_dir=str(output / "trainer"), learning_rate=cfg.learning_rate,
                 num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
                 gradient_accumulation_steps=cfg.grad_accum, seed=cfg.seed, logging_steps=cfg.logging_steps,

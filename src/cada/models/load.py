@@ -170,6 +170,20 @@ def bf16_native() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
+def cpu_bf16_native() -> bool:
+    """A CPU with bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast speeds training up: a
+    forward and backward step of SmolLM2-135M took 7.1-7.9 s instead of 13.1 s on two Zen 4 cores. Elsewhere torch
+    emulates bf16 on the CPU, slower than float32."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(check()) for check in checks if check is not None)
+    except Exception:  # private helpers: a torch without them gets float32
+        return False
+
+
 def _dtype(dtype: str | None, device: str):
     import torch
 
