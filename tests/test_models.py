@@ -107,6 +107,61 @@ def test_prefix_cache_greedy_output_is_identical(sharp_model):
     assert len({x[0] for x in a}) == len(SHARED)  # the texts differ per prompt: the check is not vacuous
 
 
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("q_len,masked", [(1, True), (1, False), (5, True), (5, False)])
+def test_shared_prefix_attention_matches_sdpa_over_the_whole_cache(q_len, masked, fused, monkeypatch):
+    """The prefix held once (batch 1) and the rows' own keys give the attention of the plain kernel over the
+    concatenated cache: grouped heads (3 query heads per key/value head), pads between prefix and row, decoding
+    (one query) and prompt chunks (several, causal to the end), a 4-D mask or none; prompt chunks both through the
+    split matmuls (the CPU) and through the plain kernel with the prefix broadcast in (GPUs)."""
+    from types import SimpleNamespace
+
+    import cada.models.generate as G
+
+    monkeypatch.setattr(G, "_fused_prompt_attention", lambda device: fused)
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from cada.models.generate import _PREFIX_KV, _shared_prefix_attention
+
+    torch.manual_seed(0)
+    b, groups, rep, dim, p, s = 3, 2, 3, 8, 11, 7
+    kp, vp = torch.randn(1, groups, p, dim), torch.randn(1, groups, p, dim)
+    key, value = torch.randn(b, groups, s, dim), torch.randn(b, groups, s, dim)
+    query = torch.randn(b, groups * rep, q_len, dim)
+    module = SimpleNamespace(layer_idx=0, num_key_value_groups=rep, is_causal=True)
+    mask = None
+    if masked:  # row j has j pads right after the prefix; causal over the rows' own part, aligned to the end
+        mask = torch.ones(b, 1, q_len, p + s, dtype=torch.bool).tril(p + s - q_len)
+        for j in range(b):
+            mask[j, :, :, p:p + j] = False
+    full = torch.ones(q_len, p + s, dtype=torch.bool).tril(p + s - q_len)[None, None] if mask is None else mask
+    expected, _ = sdpa_attention_forward(module, query, torch.cat([kp.expand(b, -1, -1, -1), key], 2),
+                                         torch.cat([vp.expand(b, -1, -1, -1), value], 2), full, scaling=0.3)
+    token = _PREFIX_KV.set([(kp, vp)])
+    try:
+        got, _ = _shared_prefix_attention(module, query, key, value, mask, scaling=0.3, plain=sdpa_attention_forward)
+    finally:
+        _PREFIX_KV.reset(token)
+    assert got.shape == expected.shape == (b, q_len, groups * rep, dim)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_prefix_cache_identical_under_either_attention_kernel_and_restores_it(sharp_model, attn):
+    model, tok = sharp_model
+    before = model.config._attn_implementation
+    model.config._attn_implementation = attn
+    try:
+        p = SamplingParams(max_new_tokens=8)
+        plain = _gen(sharp_model, batch_size=4, prefix_cache=False).generate(SHARED, p)
+        cached = _gen(sharp_model, batch_size=4, min_prefix_tokens=64)
+        assert cached.generate(SHARED, p) == plain and cached.last_stats["prefix_tokens"] > 200
+        assert model.config._attn_implementation == attn  # switched for the call only
+    finally:
+        model.config._attn_implementation = before
+
+
 def test_prefix_cache_with_the_real_codes_prompt(sharp_model, spec):
     from cada.reasoning import Mode, SafetyReasoner
 

@@ -11,6 +11,7 @@ Each takes a batch of chat conversations and returns, for each, ``n`` completion
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import threading
@@ -168,40 +169,117 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
+# the shared prefix's keys/values per layer (batch 1) while a LocalGenerator call runs with one; read by
+# _shared_prefix_attention, which the model's attention points at for the duration of that call only
+_PREFIX_KV: contextvars.ContextVar = contextvars.ContextVar("cada_prefix_kv", default=None)
+_PREFIX_ATTN = {"sdpa": "cada_prefix_sdpa", "eager": "cada_prefix_eager"}
+
+
 @functools.cache
-def _prefilled_layer_class():  # a function so that importing cada does not import transformers
+def _shared_prefix_layer_class():  # a function so that importing cada does not import transformers
     from transformers.cache_utils import DynamicLayer
 
-    class PrefilledLayer(DynamicLayer):
-        """A :class:`~transformers.cache_utils.DynamicLayer` that starts with the shared prefix in every row and
-        writes each step's keys/values in place into storage allocated once for the whole generation.
+    class SharedPrefixLayer(DynamicLayer):
+        """A :class:`~transformers.cache_utils.DynamicLayer` whose first ``prefix_len`` positions are the shared
+        prefix, held once for all rows by :func:`_shared_prefix_attention`; only each row's own tokens are stored
+        here, in place, in storage allocated once for the whole generation.
 
-        ``DynamicLayer.update`` concatenates, which copies the whole cache on every step: with the ~3.2k-token
-        ``codes`` prompt that is ~150 MB per row per new token (float32, SmolLM2-135M), most of the time of a
-        ``codes`` run and its page faults. ``keys``/``values`` stay views of the used length, so everything that
-        reads them (masks, ``get_seq_length``, ``crop``) behaves as with the plain layer.
+        Every row used to carry a copy of the prefix: with the ~3.2k-token ``codes`` prompt that is ~150 MB per row
+        (float32, SmolLM2-135M), copied for every batch and read again at every new token, most of the time of a
+        ``codes`` run. ``get_seq_length`` counts the prefix, so positions and masks are those of the plain path;
+        ``keys``/``values`` are the rows' own part.
         """
 
-        def __init__(self, keys, values, rows: int, capacity: int):
+        def __init__(self, prefix_len: int, like, rows: int, capacity: int):
             super().__init__()
-            p = keys.shape[-2]
-            capacity = max(capacity, p)
-            self._k = keys.new_empty((rows, keys.shape[1], capacity, keys.shape[3]))
-            self._v = values.new_empty((rows, values.shape[1], capacity, values.shape[3]))
-            self._k[:, :, :p] = keys
-            self._v[:, :, :p] = values
-            self.device, self.is_initialized = keys.device, True
-            self.keys, self.values = self._k[:, :, :p], self._v[:, :, :p]
+            self.prefix_len = prefix_len
+            self._k = like.new_empty((rows, like.shape[1], capacity, like.shape[3]))
+            self._v = like.new_empty((rows, like.shape[1], capacity, like.shape[3]))
+            self.device, self.is_initialized = like.device, True
+            self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
+
+        def get_seq_length(self) -> int:
+            return self.prefix_len + self.keys.shape[-2]
 
         def update(self, key_states, value_states, *args, **kwargs):
             start = self.keys.shape[-2]
-            end = start + key_states.shape[-2]  # the capacity covers prompt + max_new_tokens
+            end = start + key_states.shape[-2]  # the capacity covers the rows' prompts + max_new_tokens
             self._k[:, :, start:end] = key_states
             self._v[:, :, start:end] = value_states
             self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
             return self.keys, self.values
 
-    return PrefilledLayer
+    return SharedPrefixLayer
+
+
+def _fused_prompt_attention(device) -> bool:
+    """Prompt chunks through the model's own kernel (prefix broadcast in) rather than the split matmuls: on GPUs,
+    whose fused kernels need no scores in memory. On the CPU the split matmuls were faster."""
+    return device.type != "cpu"
+
+
+def _shared_prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                             scaling: float | None = None, *, plain=None, **kwargs):
+    """Attention over ``[shared prefix][row's own keys]`` where the prefix is stored once (batch 1).
+
+    The queries of all rows are scored against the one prefix copy in a single matmul per key/value head, their own
+    keys per row, and both parts merge in one softmax: the prefix is read once per step (and per prompt chunk)
+    instead of once per row, and never copied per row or per query head. ``attention_mask`` covers prefix and rows
+    (``get_seq_length`` counts the prefix); pads sit between them. Rows go in chunks that keep the float32 scores
+    near 64 MB. On a GPU the prompts' own tokens (several queries per row) go through the model's fused kernel
+    with the prefix broadcast in, which needs no scores in memory.
+    """
+    import torch
+
+    prefix = _PREFIX_KV.get()
+    if prefix is None or getattr(module, "layer_idx", None) is None:
+        return plain(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    kp, vp = prefix[module.layer_idx]  # (1, kv_heads, P, head_dim)
+    b, heads, q_len, dim = query.shape
+    p, s = kp.shape[-2], key.shape[-2]
+    groups = kp.shape[1]
+    rep = heads // groups  # query head h reads key/value head h // rep
+    if attention_mask is None:  # causal, aligned to the end: query i sees the prefix and the row's keys up to i
+        attention_mask = torch.ones(q_len, p + s, dtype=torch.bool, device=query.device).tril(p + s - q_len)
+        attention_mask = attention_mask[None, None]
+    if q_len > 1 and _fused_prompt_attention(query.device):  # prompt chunks on a GPU: its kernel, prefix broadcast
+        return plain(module, query, torch.cat([kp.expand(b, -1, -1, -1), key], dim=2),
+                     torch.cat([vp.expand(b, -1, -1, -1), value], dim=2), attention_mask, dropout=dropout,
+                     scaling=scaling, **kwargs)
+    mask = attention_mask.reshape(-1, 1, 1, q_len, attention_mask.shape[-1])[..., -(p + s):]
+    scale = scaling if scaling is not None else dim ** -0.5
+    chunk = max(1, (64 << 20) // (4 * heads * q_len * (p + s)))
+    out = []
+    for i in range(0, b, chunk):
+        qg = query[i:i + chunk].reshape(-1, groups, rep * q_len, dim)
+        n = qg.shape[0]
+        on_prefix = torch.bmm(qg.transpose(0, 1).reshape(groups, n * rep * q_len, dim), kp[0].transpose(1, 2))
+        scores = torch.cat([on_prefix.reshape(groups, n, rep * q_len, p).transpose(0, 1),
+                            qg @ key[i:i + chunk].transpose(-1, -2)], dim=-1).reshape(n, groups, rep, q_len, p + s)
+        scores = scores * scale
+        m = mask[i:i + chunk] if mask.shape[0] > 1 else mask
+        scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype).reshape(n, groups, rep * q_len,
+                                                                                            p + s)
+        from_prefix = torch.bmm(probs[..., :p].transpose(0, 1).reshape(groups, n * rep * q_len, p), vp[0])
+        out.append(from_prefix.reshape(groups, n, rep * q_len, dim).transpose(0, 1)
+                   + probs[..., p:] @ value[i:i + chunk])
+    attn = torch.cat(out) if len(out) > 1 else out[0]
+    return attn.reshape(b, heads, q_len, dim).transpose(1, 2).contiguous(), None
+
+
+@functools.cache
+def _register_shared_prefix_attention() -> None:
+    """Register the shared-prefix attention beside ``sdpa`` and ``eager`` (each with its own mask format)."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    for kind, plain, mask in (("sdpa", sdpa_attention_forward, sdpa_mask), ("eager", eager_attention_forward,
+                                                                          eager_mask)):
+        AttentionInterface.register(_PREFIX_ATTN[kind], functools.partial(_shared_prefix_attention, plain=plain))
+        AttentionMaskInterface.register(_PREFIX_ATTN[kind], mask)
 
 
 class LocalGenerator:
@@ -213,8 +291,10 @@ class LocalGenerator:
       prompt with the spec: ~3.2k tokens in ``codes`` mode, ~4.4k in ``cases`` mode with all precedents) the prefix
       is encoded once and its keys/values are reused by every batch, laid out as ``[prefix][left pad][suffix]``
       with the pads masked out, so positions and attention are exactly those of the plain path. The latest prefix
-      is kept for later calls that start with it (resumable stages call ``generate`` once per chunk), and each
-      batch's cache is allocated once and written in place (:func:`_prefilled_layer_class`). Used when the prefix
+      is kept for later calls that start with it (resumable stages call ``generate`` once per chunk). The prefix
+      is held once for all rows: each decoding step reads it once, not once per row
+      (:func:`_shared_prefix_attention`), and each batch's own cache is allocated once and written in place
+      (:func:`_shared_prefix_layer_class`). Used when the prefix
       has at least ``min_prefix_tokens`` tokens and the model's cache is a plain full-attention ``DynamicCache``;
       otherwise the plain path runs;
     * adaptive batch size: on CUDA the batch is sized from free memory (capped at ``max_batch_size``); on the CPU
@@ -327,8 +407,8 @@ class LocalGenerator:
         cache = DynamicCache(config=self.model.config)
         if len(cache.layers) != len(prefix_kv):
             raise CadaError("internal: prefix cache layers do not match the model")
-        layer = _prefilled_layer_class()
-        cache.layers = [layer(k, v, rows, capacity) for k, v in prefix_kv]
+        layer = _shared_prefix_layer_class()
+        cache.layers = [layer(k.shape[-2], k, rows, capacity - k.shape[-2]) for k, _ in prefix_kv]
         return cache
 
     def _generate_batch(self, rows: list[list[int]], gen_kwargs: dict, seed: int, prefix: list[int],
@@ -354,8 +434,18 @@ class LocalGenerator:
             extra[self._cache_kwarg] = self._prefix_cache_for(
                 prefix_kv, len(rows) * gen_kwargs["num_return_sequences"], p + width + gen_kwargs["max_new_tokens"])
         torch.manual_seed(seed)
-        with torch.inference_mode():
-            seqs = self.model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs, **extra)
+        config = self.model.config
+        before = config._attn_implementation
+        token = _PREFIX_KV.set(prefix_kv if p else None)
+        try:
+            if p:  # the attention that reads the prefix once for all rows, for this call only
+                _register_shared_prefix_attention()
+                config._attn_implementation = _PREFIX_ATTN[before]
+            with torch.inference_mode():
+                seqs = self.model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs, **extra)
+        finally:
+            config._attn_implementation = before
+            _PREFIX_KV.reset(token)
         return seqs[:, ids.shape[1]:]
 
     def _trim(self, row) -> tuple[list[int], int]:
@@ -518,7 +608,8 @@ def make_generator(model: str | None = None, *, base_url: str | None = None, api
 
     ``backend``: ``auto`` (HTTP when ``base_url`` or ``$CADA_BASE_URL`` is set, else local transformers),
     ``local``, ``http`` (any OpenAI-compatible server, e.g. ``vllm serve``), or ``vllm`` (vLLM's offline engine in
-    this process; ``pip install -e '.[vllm]'`` in the cada checkout, Linux + CUDA; ``tensor_parallel_size=N`` spreads it over N GPUs).
+    this process; ``pip install -e '.[vllm]'`` in the cada checkout, Linux + CUDA; ``tensor_parallel_size=N``
+    spreads it over N GPUs).
     Keyword arguments a backend does not take are ignored, so callers can pass one set of options.
     """
     if backend not in BACKENDS:
