@@ -3,6 +3,7 @@ held-back prompts of the training pools (``RUN/pool``, e.g. from ``align_curve.p
 
     python benchmarks/judgement_stage.py --run runs/bench-pref --probe          # linear probe, ~5 min
     python benchmarks/judgement_stage.py --run runs/bench-pref --train OUT      # judgement stage, ~30 min
+    python benchmarks/judgement_stage.py --run R --train OUT --bf16 off --key fp32 --out F   # float32 vs bf16
 
 ``--probe``: a logistic regression on the base model's hidden state at the last prompt token (every third layer),
 fitted on ``--per-label`` training-pool prompts per label and scored on the held-back ones. Its ROC AUC says how
@@ -69,7 +70,7 @@ def probe(model_dir: str, train: list, held: list) -> dict:
     return layers
 
 
-def train_stage(out: Path, train: list, held: list, lr: float, epochs: float) -> list[dict]:
+def train_stage(out: Path, train: list, held: list, lr: float, epochs: float, bf16: bool | None = None) -> dict:
     from cada.align import fit_length, judgement_set
     from cada.train import TrainConfig, train as run_train
 
@@ -77,10 +78,11 @@ def train_stage(out: Path, train: list, held: list, lr: float, epochs: float) ->
     steps = len(rows) // 8
     t0 = time.perf_counter()
     run_train("smollm2-135m", rows, out, TrainConfig(
-        method="sft", learning_rate=lr, epochs=epochs, batch_size=8, lora_r=0, max_length=320,
+        method="sft", learning_rate=lr, epochs=epochs, batch_size=8, lora_r=0, max_length=320, bf16=bf16,
         extra={"save_strategy": "steps", "save_steps": max(1, steps // 2), "save_total_limit": None,
                "save_only_model": True}))
-    print(f"{len(rows)} rows ({dropped} too long), trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    seconds = round(time.perf_counter() - t0, 1)
+    print(f"{len(rows)} rows ({dropped} too long), trained in {seconds:.0f} s", flush=True)
     harm = [p.prompt for p in held if p.label == "harmful"]
     ben = [p.prompt for p in held if p.label == "benign"]
     points = []
@@ -93,7 +95,9 @@ def train_stage(out: Path, train: list, held: list, lr: float, epochs: float) ->
                                     "benign": round(sum(x > 0 for x in sb) / len(sb), 2)}}
         points.append(point)
         print(point, flush=True)
-    return points
+    info = json.loads((out / "train_info.json").read_text())
+    return {"rows": len(rows), "train_seconds": seconds, "bf16_autocast": info.get("bf16_autocast"),
+            "checkpoints": points}
 
 
 def main() -> None:
@@ -104,6 +108,9 @@ def main() -> None:
     ap.add_argument("--train", type=Path, default=None, help="output folder of the judgement stage")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                    help="bf16 autocast: auto (where the CPU or GPU has bf16), on or off")
+    ap.add_argument("--key", default="judgement_stage", help="the result's key in --out (to keep several runs)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "judgement_stage.json"))
     a = ap.parse_args()
 
@@ -114,7 +121,8 @@ def main() -> None:
     if a.probe:
         result["probe_base_model"] = probe("smollm2-135m", train, held)
     if a.train:
-        result["judgement_stage"] = train_stage(a.train, train, held, a.lr, a.epochs)
+        result[a.key] = train_stage(a.train, train, held, a.lr, a.epochs,
+                                    {"auto": None, "on": True, "off": False}[a.bf16])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

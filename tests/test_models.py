@@ -201,6 +201,18 @@ def test_prefix_cache_sampling_n_matches_plain(sharp_model):
     assert len(set(got[1])) > 1
 
 
+@pytest.mark.parametrize("prefix_cache", [False, True])
+def test_n_samples_encode_each_prompt_once_and_continue_their_own_prompt(sharp_model, prefix_cache):
+    """Each prompt is encoded once and its cache copied for its n samples: with sampling narrowed to the top token,
+    every sample is the greedy answer to its own prompt (a cache copied to the wrong rows would show up here)."""
+    greedy = _gen(sharp_model, batch_size=4, prefix_cache=False).generate(SHARED, SamplingParams(max_new_tokens=8))
+    gen = _gen(sharp_model, batch_size=4, prefix_cache=prefix_cache, min_prefix_tokens=64)
+    got = gen.generate(SHARED, SamplingParams(max_new_tokens=8, temperature=1.0, top_p=1e-9, n=3))
+    assert got == [[g[0]] * 3 for g in greedy]
+    assert (gen.last_stats["prefix_tokens"] > 0) is prefix_cache
+    assert len({g[0] for g in greedy}) == len(SHARED)
+
+
 def test_short_or_absent_shared_prefix_falls_back(sharp_model):
     gen = _gen(sharp_model, batch_size=4)  # default threshold 128 tokens
     gen.generate(CHATS, SamplingParams(max_new_tokens=2))

@@ -74,7 +74,29 @@ def _lines(path: Path) -> int:
 def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path, tiny_model, monkeypatch):
     cfg = _study_config(tmp_path, tiny_model)
     out = tmp_path / "study"
-    summary = run_study(cfg, out, show_progress=False)
+    # stopped while the second arm trains: the summary so far has the plain base model and the first arm (the
+    # base model with the spec in its prompt is evaluated after the arms), and renders as an unfinished report
+    import cada.align
+    from cada.report import write_report
+
+    real_align = cada.align.align
+
+    def stop_at_da(arm_cfg, *args, **kwargs):
+        if arm_cfg.arm == "da":
+            raise KeyboardInterrupt
+        return real_align(arm_cfg, *args, **kwargs)
+
+    monkeypatch.setattr(cada.align, "align", stop_at_da)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, out, show_progress=False)
+    partial = json.loads((out / "summary.json").read_text())
+    assert partial["partial"] is True and set(partial["metrics"]) == {"base-none", "cada"}
+    assert list(partial["timings"])[:2] == ["pools", "eval base-none"] and "eval base-codes" not in partial["timings"]
+    assert partial["headline"]["cada"]["harmful_refusal"] is not None and partial["wall_seconds"] > 0
+    assert "This study is not finished: 2 of 5 systems" in write_report(out)["md"].read_text()
+    monkeypatch.setattr(cada.align, "align", real_align)
+    summary = run_study(cfg, out, show_progress=False)  # continues where it stopped
+    assert "partial" not in summary and summary["wall_seconds"] > partial["wall_seconds"]
 
     # the models it produced are loadable HF folders, and summary.json says where they are
     assert summary["models"]["base"] == tiny_model

@@ -432,6 +432,12 @@ def summary_text(summary: dict) -> str:
         text += (f" The arms self-generated on {limit} prompts per label: a size that shows the pipeline at work, "
                  "not what the method reaches with the whole training pools (docs/training.md in the cada "
                  "repository; configs/embedded-full.yaml).")
+    if summary.get("partial"):
+        metrics = summary.get("metrics") or {}
+        done = [s for s in summary["systems"] if metrics.get(s)]
+        text = (f"This study is not finished: {len(done)} of {len(labels)} systems are evaluated so far "
+                f"({'; '.join(_label(summary, s) for s in done) or 'none'}), and the model utility figures come at "
+                "the end. Run the same study command to continue it. " + text)
     return text
 
 

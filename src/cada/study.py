@@ -223,7 +223,7 @@ class _Clock:
 
 def _weights(cfg: StudyConfig, sets: list[tuple[EvalSet, list]], n_train: int) -> list[tuple[str, float]]:
     """Rough relative cost of each stage (units: generated tokens at batch size; only ratios matter)."""
-    mode_cost = {"none": 1.0, "cases": 1.6, "codes": 4.0}
+    mode_cost = {"none": 1.0, "cases": 1.6, "codes": 2.5}
     n_items = sum(len(items) for _, items in sets) + (2 * cfg.pool.heldout_per_label if cfg.eval.heldout else 0)
     gen_tokens = n_items * cfg.eval.max_new_tokens
     stages: list[tuple[str, float]] = [("pools", 2000.0)]
@@ -326,6 +326,9 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
                             "or the same settings to resume")
     saved.write_text(cfg.to_yaml())
     t_start = time.perf_counter()
+    # a resumed study adds this session's time to the earlier sessions' (their summary is written as it goes)
+    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    prior = previous.get("wall_seconds", 0.0)
     spec = load_spec(cfg.spec)
     sets = [(s, eval_items(s)) for s in cfg.eval.sets()]
     for s, items in sets:
@@ -377,10 +380,34 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
         else:
             metrics[name] = clock.run(f"eval {name}", go)
 
-    # 2. the base model under each reasoning mode
+    def write_summary(loglik: dict, *, partial: bool) -> dict:
+        headline = {name: _headline(metrics.get(name, {}), set_info, loglik.get(info["model"]))
+                    for name, info in systems.items() if name in metrics}
+        summary = {
+            "name": cfg.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seed": cfg.seed,
+            "judge": "refusal (offline MiniLM head + rules)" if cfg.eval.judge == "refusal"
+            else f"refusal + StrongREJECT rubric ({cfg.eval.judge_model})",
+            "models": models, "systems": systems, "benchmarks": set_info, "metrics": metrics,
+            "headline": headline, "verdict": _verdict(headline), "training": training, "overlap": overlap,
+            "timings": {**previous.get("timings", {}), **clock.timings}, "config": cfg.model_dump(mode="json"),
+            "wall_seconds": round(prior + time.perf_counter() - t_start, 1),
+        }
+        if partial:  # a long study shows what it has so far: `cada report DIR` renders it
+            summary["partial"] = True
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    # 2. the base model under each reasoning mode; the plain one first, the ones with the spec in the prompt (the
+    # slowest to evaluate) after the arms, so a study that is stopped early has the headline comparison
     for m in cfg.base_modes:
         systems[f"base-{m}"] = {"model": "base", "mode": m, "label": f"Base ({MODE_LABELS[m]})"}
+    for arm in cfg.arms:
+        systems[arm] = {"model": arm, "mode": "none", "label": ARM_LABELS[arm]}
+    early = [m for m in cfg.base_modes if m == "none"]
+    for m in early:
         eval_system(f"base-{m}", cfg.model, m, cfg.base_url)
+        write_summary({}, partial=True)
 
     # 3. the judgement stage, trained once and shared by the DPO arms (its rows are the same for every arm)
     judgement_model = None
@@ -407,40 +434,30 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
                                                                show_progress=show_progress))
         models[arm] = summary["model"]
         training[arm] = summary
-        systems[arm] = {"model": arm, "mode": "none", "label": ARM_LABELS[arm]}
         # a trained model is a local folder: never sent to $CADA_BASE_URL's server as a model name
         eval_system(arm, summary["model"], "none", None, backend="local")
         release_models()  # one trained model in memory at a time (GPU memory for the next arm's training)
+        write_summary({}, partial=True)
+
+    for m in cfg.base_modes:
+        if m not in early:
+            eval_system(f"base-{m}", cfg.model, m, cfg.base_url)
+            write_summary({}, partial=True)
 
     # 5. utility: mean log-likelihood of GSM8K reference answers, per model
     loglik = clock.run("utility", lambda: _loglik(cfg, out, models))
 
-    headline = {name: _headline(metrics.get(name, {}), set_info, loglik.get(info["model"]))
-                for name, info in systems.items()}
-    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
-    timings = {**previous.get("timings", {}), **clock.timings}
-    summary = {
-        "name": cfg.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seed": cfg.seed,
-        "judge": "refusal (offline MiniLM head + rules)" if cfg.eval.judge == "refusal"
-        else f"refusal + StrongREJECT rubric ({cfg.eval.judge_model})",
-        "models": models, "systems": systems, "benchmarks": set_info, "metrics": metrics,
-        "headline": headline, "verdict": _verdict(headline), "training": training, "overlap": overlap,
-        "timings": timings, "config": cfg.model_dump(mode="json"),
-    }
-    prior = previous.get("wall_seconds", 0.0)  # a resumed study adds this session to the last one's
-    summary["wall_seconds"] = round(prior + time.perf_counter() - t_start, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = write_summary(loglik, partial=False)
 
-    # 5. the report
+    # 6. the report
     def report():
         from cada.report import write_report
 
         return {k: str(v) for k, v in write_report(out).items()}
 
-    summary["report"] = clock.run("report", report)
-    summary["timings"] = {**timings, **clock.timings}
-    summary["wall_seconds"] = round(prior + time.perf_counter() - t_start, 1)
+    paths = clock.run("report", report)
+    summary = write_summary(loglik, partial=False)
+    summary["report"] = paths
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

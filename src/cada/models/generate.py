@@ -201,6 +201,12 @@ def _shared_prefix_layer_class():  # a function so that importing cada does not 
         def get_seq_length(self) -> int:
             return self.prefix_len + self.keys.shape[-2]
 
+        def batch_repeat_interleave(self, repeats: int) -> None:  # n samples of each prompt
+            used = self.keys.shape[-2]
+            self._k = self._k.repeat_interleave(repeats, dim=0)
+            self._v = self._v.repeat_interleave(repeats, dim=0)
+            self.keys, self.values = self._k[:, :, :used], self._v[:, :, :used]
+
         def update(self, key_states, value_states, *args, **kwargs):
             start = self.keys.shape[-2]
             end = start + key_states.shape[-2]  # the capacity covers the rows' prompts + max_new_tokens
@@ -320,6 +326,7 @@ class LocalGenerator:
         self.pad_id = pad if pad is not None else (self.stop_ids[0] if self.stop_ids else 0)
         self._token_budget: int | None = None  # rows x tokens x n that fitted after an out-of-memory error
         self._prefix_memo: tuple[list[int], object] | None = None  # (prefix tokens, their keys/values or None)
+        self._encode_once = True  # n samples: encode each prompt once (False: generate's n copies; for benchmarks)
         self.last_stats: dict = {}
 
     @classmethod
@@ -429,12 +436,20 @@ class LocalGenerator:
             ids[j, p + width - len(t):] = torch.tensor(t, dtype=torch.long)
             mask[j, p + width - len(t):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        extra = {}
-        if p:
-            extra[self._cache_kwarg] = self._prefix_cache_for(
-                prefix_kv, len(rows) * gen_kwargs["num_return_sequences"], p + width + gen_kwargs["max_new_tokens"])
-        torch.manual_seed(seed)
+        n = gen_kwargs["num_return_sequences"]
         config = self.model.config
+        # n samples per prompt: each prompt is encoded once and its cache copied n times, where generate would
+        # encode n copies of it (with ~500-token `cases` prompts most of a sampling run's time on a CPU)
+        once = n > 1 and self._encode_once and not config.is_encoder_decoder
+        cache = None
+        if p:
+            cache = self._prefix_cache_for(prefix_kv, len(rows) * (1 if once else n),
+                                           p + width + gen_kwargs["max_new_tokens"])
+        elif once:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=config)
+        torch.manual_seed(seed)
         before = config._attn_implementation
         token = _PREFIX_KV.set(prefix_kv if p else None)
         try:
@@ -442,11 +457,36 @@ class LocalGenerator:
                 _register_shared_prefix_attention()
                 config._attn_implementation = _PREFIX_ATTN[before]
             with torch.inference_mode():
+                if once:
+                    self._encode_prompts(ids, mask, cache, start=p)
+                    cache.batch_repeat_interleave(n)
+                    ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+                    gen_kwargs = {**gen_kwargs, "num_return_sequences": 1}
+                extra = {self._cache_kwarg: cache} if cache is not None else {}
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs, **extra)
         finally:
             config._attn_implementation = before
             _PREFIX_KV.reset(token)
         return seqs[:, ids.shape[1]:]
+
+    def _encode_prompts(self, ids, mask, cache, start: int) -> None:
+        """Fill ``cache`` with every prompt token but the last (``generate`` starts from the last one), from
+        position ``start`` on (the shared prefix before it is in the cache already)."""
+        import inspect
+
+        import torch
+
+        end = ids.shape[1] - 1
+        if end <= start:
+            return
+        # positions as generate computes them: left pads do not count
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        kwargs = {self._cache_kwarg: cache, "use_cache": True}
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            kwargs["logits_to_keep"] = 1  # these logits are never used
+        with torch.inference_mode():
+            self.model(input_ids=ids[:, start:end], attention_mask=mask[:, :end],
+                       position_ids=positions[:, start:end], **kwargs)
 
     def _trim(self, row) -> tuple[list[int], int]:
         """Tokens before the first stop token, and how many tokens were generated including that stop."""
