@@ -38,7 +38,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(judge_app, name="judge")
 
 out = Console() if sys.stdout.isatty() else Console(width=160)  # piped output: tables without wrapping
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # errors and warnings stay one line each, whatever the width
 
 # shared options ---------------------------------------------------------------------------------
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Embedded alias (smollm2-135m), local HF folder, "
