@@ -380,7 +380,7 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
         else:
             metrics[name] = clock.run(f"eval {name}", go)
 
-    def write_summary(loglik: dict, *, partial: bool) -> dict:
+    def write_summary(loglik: dict, *, partial: bool, report: dict | None = None) -> dict:
         headline = {name: _headline(metrics.get(name, {}), set_info, loglik.get(info["model"]))
                     for name, info in systems.items() if name in metrics}
         summary = {
@@ -395,6 +395,8 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
         }
         if partial:  # a long study shows what it has so far: `cada report DIR` renders it
             summary["partial"] = True
+        if report:
+            summary["report"] = report
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
@@ -447,7 +449,7 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     # 5. utility: mean log-likelihood of GSM8K reference answers, per model
     loglik = clock.run("utility", lambda: _loglik(cfg, out, models))
 
-    summary = write_summary(loglik, partial=False)
+    write_summary(loglik, partial=False)  # what the report reads
 
     # 6. the report
     def report():
@@ -456,10 +458,7 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
         return {k: str(v) for k, v in write_report(out).items()}
 
     paths = clock.run("report", report)
-    summary = write_summary(loglik, partial=False)
-    summary["report"] = paths
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return write_summary(loglik, partial=False, report=paths)  # with the report's timing and paths
 
 
 def _heldout_sets(pool_dir: Path) -> list[tuple[EvalSet, list]]:

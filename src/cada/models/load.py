@@ -171,9 +171,9 @@ def bf16_native() -> bool:
 
 
 def cpu_bf16_native() -> bool:
-    """A CPU with bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast speeds training up: a
-    forward and backward step of SmolLM2-135M took 7.1-7.9 s instead of 13.1 s on two Zen 4 cores. Elsewhere torch
-    emulates bf16 on the CPU, slower than float32."""
+    """A CPU with bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast speeds training up: an SFT step
+    of SmolLM2-135M took 12.3 s instead of 15.7 s with full fine-tuning and 6.2 s instead of 10.8 s with LoRA on two
+    Zen 4 cores. Elsewhere torch emulates bf16 on the CPU, slower than float32."""
     import torch
 
     cpu = getattr(torch, "cpu", None)
