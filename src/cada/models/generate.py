@@ -349,6 +349,15 @@ class LocalGenerator:
         params = inspect.signature(self.model.forward).parameters
         return "cache" if "cache" in params else "past_key_values"
 
+    def _fill_kwargs(self, cache) -> dict:
+        """Keyword arguments of a forward pass that only fills ``cache`` (its logits are never used)."""
+        import inspect
+
+        kwargs = {self._cache_kwarg: cache, "use_cache": True}
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            kwargs["logits_to_keep"] = 1
+        return kwargs
+
     def _rows_per_batch(self, tokens_per_row: int, n_seq: int) -> int:
         import torch
 
@@ -368,8 +377,6 @@ class LocalGenerator:
 
     def _encode_prefix(self, prefix: list[int]):
         """Keys/values of ``prefix`` per layer (batch 1), or None when the model's cache is not a plain one."""
-        import inspect
-
         import torch
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
@@ -379,12 +386,9 @@ class LocalGenerator:
         if getattr(self.model.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
             return None  # the [prefix][pad][suffix] layout is verified with these two kernels only
         cache = DynamicCache(config=self.model.config)
-        kwargs = {self._cache_kwarg: cache, "use_cache": True}
-        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
-            kwargs["logits_to_keep"] = 1  # the prefix's logits are never used
         ids = torch.tensor([prefix], device=self.model.device)
-        with torch.inference_mode():
-            self.model(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)  # fills `cache` in place
+        with torch.inference_mode():  # fills `cache` in place
+            self.model(input_ids=ids, attention_mask=torch.ones_like(ids), **self._fill_kwargs(cache))
         layers = getattr(cache, "layers", None)
         if not layers or any(type(layer) is not DynamicLayer for layer in layers) \
                 or cache.get_seq_length() != len(prefix):
@@ -472,8 +476,6 @@ class LocalGenerator:
     def _encode_prompts(self, ids, mask, cache, start: int) -> None:
         """Fill ``cache`` with every prompt token but the last (``generate`` starts from the last one), from
         position ``start`` on (the shared prefix before it is in the cache already)."""
-        import inspect
-
         import torch
 
         end = ids.shape[1] - 1
@@ -481,12 +483,9 @@ class LocalGenerator:
             return
         # positions as generate computes them: left pads do not count
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        kwargs = {self._cache_kwarg: cache, "use_cache": True}
-        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
-            kwargs["logits_to_keep"] = 1  # these logits are never used
         with torch.inference_mode():
             self.model(input_ids=ids[:, start:end], attention_mask=mask[:, :end],
-                       position_ids=positions[:, start:end], **kwargs)
+                       position_ids=positions[:, start:end], **self._fill_kwargs(cache))
 
     def _trim(self, row) -> tuple[list[int], int]:
         """Tokens before the first stop token, and how many tokens were generated including that stop."""
