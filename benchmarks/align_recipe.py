@@ -1,12 +1,18 @@
 """CADA on the embedded model at CPU size: refusal on held-back *training-pool* prompts, base vs trained.
 
     python benchmarks/align_recipe.py --limit 120 --n 2 --out benchmarks/results/align_recipe.json
+    python benchmarks/align_recipe.py --config configs/align-cada.yaml --limit 100 --judgement-per-label 300 \
+        --warmup-per-label 400 --calibration-per-label 300 --run runs/align-cpu \
+        --out benchmarks/results/align_pipeline_cpu.json
 
-Runs `cada align --arm cada` (SFT warm-up on precedent-grounded chains, then DPO on self-generated pairs) into a
-run folder, then answers the held-back prompts (50 harmful + 50 benign by default, never trained on) greedily with
-the bare request (mode none: the spec is not in the prompt) for the base model, the warmed-up model and the final
-model. Reports keyword (string-match) and offline-judge refusal rates for harmful and benign prompts separately,
-plus the stage timings from the run's summary.
+Runs `cada align --arm cada` into a run folder (or resumes it: a finished `cada align` run with the same settings
+is only evaluated), then answers the held-back prompts (50 harmful + 50 benign by default, never trained on)
+greedily with the bare request (mode none: the spec is not in the prompt) for the base model and the model after
+each stage (warm-up, DPO, calibration pass). Reports keyword (string-match) and offline-judge refusal rates for
+harmful and benign prompts separately, plus the stage timings from the run's summary.
+
+Without --config the run is the early CPU recipe (LoRA warm-up and DPO on the self-generated prompts); with it,
+an `AlignConfig` YAML such as configs/align-cada.yaml, whose sizes the flags given override.
 """
 
 from __future__ import annotations
@@ -82,15 +88,27 @@ def main() -> None:
     ap.add_argument("--dpo-epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "align_recipe.json"))
+    ap.add_argument("--config", help="an AlignConfig YAML (e.g. configs/align-cada.yaml); --limit and the "
+                    "--*-per-label flags override its sizes")
+    ap.add_argument("--judgement-per-label", type=int)
+    ap.add_argument("--warmup-per-label", type=int)
+    ap.add_argument("--calibration-per-label", type=int)
     args = ap.parse_args()
 
     from cada.align import AlignConfig, GenConfig, PoolConfig, TrainCfg, align, prepare_pools
     from cada.spec import load_spec
 
-    cfg = AlignConfig(arm="cada", pool=PoolConfig(limit_per_label=args.limit, heldout_per_label=50),
-                      generation=GenConfig(n=args.n, k=args.k, max_new_tokens=args.max_new_tokens),
-                      train=TrainCfg(epochs=args.dpo_epochs, learning_rate=args.lr, max_length=640),
-                      warmup_train=TrainCfg(epochs=args.warmup_epochs, learning_rate=args.lr, max_length=640))
+    if args.config:  # the same overrides as `cada align --config ... --limit ...`, so its run folder resumes
+        cfg = AlignConfig.from_yaml(args.config)
+        sizes = {k: getattr(args, k) for k in ("judgement_per_label", "warmup_per_label", "calibration_per_label")
+                 if getattr(args, k) is not None}
+        pool = cfg.pool.model_copy(update={"limit_per_label": args.limit})
+        cfg = cfg.model_copy(update={**sizes, "pool": pool})
+    else:
+        cfg = AlignConfig(arm="cada", pool=PoolConfig(limit_per_label=args.limit, heldout_per_label=50),
+                          generation=GenConfig(n=args.n, k=args.k, max_new_tokens=args.max_new_tokens),
+                          train=TrainCfg(epochs=args.dpo_epochs, learning_rate=args.lr, max_length=640),
+                          warmup_train=TrainCfg(epochs=args.warmup_epochs, learning_rate=args.lr, max_length=640))
     run = Path(args.run)
     _, heldout, _ = prepare_pools(cfg, run, load_spec())
     result: dict = {"config": cfg.model_dump(mode="json")}
@@ -100,10 +118,13 @@ def main() -> None:
     summary = align(cfg, run)
     result["align_seconds"] = round(time.perf_counter() - t0, 1)
     result["summary"] = summary
-    warm = run / "round-1" / "warmup" / "model"
-    if warm.exists():
-        result["warmup_only"] = refusal_rates(str(warm), heldout, run / "eval-warmup", args.eval_max_new_tokens)
-        print("warmup", result["warmup_only"], flush=True)
+    stages = [("warmup_only", run / "round-1" / "warmup" / "model", "eval-warmup")]
+    if summary.get("calibration"):  # the DPO model before the calibration pass
+        stages.append(("dpo", run / "round-1" / "train" / "model", "eval-dpo"))
+    for name, model, folder in stages:
+        if model.exists():
+            result[name] = refusal_rates(str(model), heldout, run / folder, args.eval_max_new_tokens)
+            print(name, result[name], flush=True)
     result["cada"] = refusal_rates(summary["model"], heldout, run / "eval-cada", args.eval_max_new_tokens)
     print("cada", result["cada"], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import torch
 from cada.errors import CadaError
 from cada.models import LocalGenerator, SamplingParams, load_model, make_generator, resolve_model
 from cada.models import load as load_mod
-from cada.models.generate import batch_rows_for_memory, end_of_turn_ids, shared_prefix_len
+from cada.models.generate import batch_rows_for_memory, end_of_turn_ids, ragged_groups, shared_prefix_len
 
 CHATS = [[{"role": "user", "content": t}] for t in
          ["hi", "Tell me a long story about a dragon who learns to bake bread in a quiet village.", "2+2?",
@@ -211,6 +211,43 @@ def test_n_samples_encode_each_prompt_once_and_continue_their_own_prompt(sharp_m
     assert got == [[g[0]] * 3 for g in greedy]
     assert (gen.last_stats["prefix_tokens"] > 0) is prefix_cache
     assert len({g[0] for g in greedy}) == len(SHARED)
+
+
+def test_ragged_groups_cut_where_padding_would_cost_more_than_a_pass():
+    assert ragged_groups([250, 1300, 260, 240]) == [[1], [2, 0, 3]]  # the long prompt alone
+    assert ragged_groups([20, 22, 21]) == [[1, 2, 0]]  # similar lengths: one pass
+    assert ragged_groups([30, 31], overhead=0) == [[1], [0]]  # without a pass's cost every length is its own
+    assert ragged_groups([]) == [] and ragged_groups([7]) == [[0]]
+    lengths = [900, 12, 15, 400, 410, 14, 0]
+    groups = ragged_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # every row once
+    widths = [max(lengths[i] for i in g) for g in groups]
+    assert widths == sorted(widths, reverse=True) and len(groups) == 3
+
+
+# a long request among short ones (a jailbreak-wrapped prompt in a batch of plain ones)
+RAGGED = [[{"role": "user", "content": t}] for t in
+          [" ".join(f"Story {i}: an owl met a river and a train, and they talked about clause {i * 7}."
+                    for i in range(30)), "hi", "2+2?", "Name three rivers in Europe.", "ok"]]
+
+
+@pytest.mark.parametrize("system", [None, SYSTEM])
+@pytest.mark.parametrize("n", [1, 3])
+def test_prompts_of_different_lengths_are_encoded_in_groups_with_the_same_output(sharp_model, system, n):
+    """The long prompt is encoded apart from the short ones (each group at its own width): the text is that of the
+    one-pass encoding, greedy and with sampling narrowed to the top token, with and without a shared prefix."""
+    chats = [([{"role": "system", "content": system}] if system else []) + c for c in RAGGED]
+    p = SamplingParams(max_new_tokens=8) if n == 1 else SamplingParams(max_new_tokens=8, temperature=1.0,
+                                                                        top_p=1e-9, n=n)
+    one = _gen(sharp_model, batch_size=8, min_prefix_tokens=64)
+    one._ragged = False
+    grouped = _gen(sharp_model, batch_size=8, min_prefix_tokens=64)
+    want, got = one.generate(chats, p), grouped.generate(chats, p)
+    assert (grouped.last_stats["prefix_tokens"] > 200) is (system is not None)
+    assert grouped.last_stats["prompt_passes"] == 2  # the long prompt, then the four short ones
+    assert one.last_stats["prompt_passes"] == (1 if n > 1 else 0)  # n = 1, one pass: generate encodes
+    assert got == want
+    assert len({g[0] for g in want}) == len(chats)  # each prompt has its own answer: the check is not vacuous
 
 
 def test_short_or_absent_shared_prefix_falls_back(sharp_model):

@@ -132,6 +132,29 @@ def shared_prefix_len(ids: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
+def ragged_groups(lengths: Sequence[int], overhead: int = 128) -> list[list[int]]:
+    """Rows grouped for encoding their prompts at each group's own width, not the batch's longest.
+
+    ``lengths`` are the rows' own prompt tokens; the cost of a group is rows x its longest row + ``overhead`` (a
+    forward pass's fixed cost, in token-rows). Rows sorted by length are cut into the contiguous runs of least total
+    cost (dynamic programming): a batch of ~250-token prompts with one 1,300-token jailbreak-wrapped prompt encodes
+    the long one alone instead of padding every row to 1,300 tokens. Returns row indices per group, longest first.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best, cut = [0] + [None] * n, [0] * (n + 1)  # best[j]: least cost of the first j rows (in order)
+    for j in range(1, n + 1):
+        for i in range(j):  # group order[i:j], whose widest row is order[i]
+            c = best[i] + (j - i) * lengths[order[i]] + overhead
+            if best[j] is None or c < best[j]:
+                best[j], cut[j] = c, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
 def batch_rows_for_memory(free_bytes: int, config, dtype_bytes: int, tokens_per_row: int, n_seq: int = 1,
                           cap: int = 256, fraction: float = 0.7) -> int:
     """How many prompts fit in ``free_bytes`` of accelerator memory when each becomes ``n_seq`` sequences of up to
@@ -303,11 +326,16 @@ class LocalGenerator:
       (:func:`_shared_prefix_layer_class`). Used when the prefix
       has at least ``min_prefix_tokens`` tokens and the model's cache is a plain full-attention ``DynamicCache``;
       otherwise the plain path runs;
+    * prompts encoded by cada, not by ``generate``: once per prompt for its n samples (the cache is copied n
+      times), and in groups of similar length when a batch mixes short prompts with long ones (a jailbreak-wrapped
+      request runs to 1,300 tokens where most prompts have 250), each group at its own width
+      (:func:`ragged_groups`);
     * adaptive batch size: on CUDA the batch is sized from free memory (capped at ``max_batch_size``); on the CPU
       ``batch_size`` is used as given. On an out-of-memory error the batch is halved and retried, and the learned
       limit is kept for later calls.
 
-    ``last_stats`` describes the latest call (new tokens up to and including the stop token, batches, prefix).
+    ``last_stats`` describes the latest call (new tokens up to and including the stop token, batches, prefix, the
+    forward passes that encoded prompts).
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 16, show_progress: bool = True,
@@ -327,6 +355,8 @@ class LocalGenerator:
         self._token_budget: int | None = None  # rows x tokens x n that fitted after an out-of-memory error
         self._prefix_memo: tuple[list[int], object] | None = None  # (prefix tokens, their keys/values or None)
         self._encode_once = True  # n samples: encode each prompt once (False: generate's n copies; for benchmarks)
+        self._ragged = True  # encode prompts of very different lengths in groups (False: one pass; for benchmarks)
+        self._prompt_passes = 0  # forward passes that encoded prompts in the latest call (0: generate did)
         self.last_stats: dict = {}
 
     @classmethod
@@ -444,7 +474,10 @@ class LocalGenerator:
         config = self.model.config
         # n samples per prompt: each prompt is encoded once and its cache copied n times, where generate would
         # encode n copies of it (with ~500-token `cases` prompts most of a sampling run's time on a CPU)
-        once = n > 1 and self._encode_once and not config.is_encoder_decoder
+        # each prompt encoded once, here (not by generate): for n > 1 samples, and for prompts of very different
+        # lengths, which are encoded in groups of similar length (:meth:`_encode_prompts`)
+        once = self._encode_once and not config.is_encoder_decoder and (
+            n > 1 or (self._ragged and len(ragged_groups(mask[:, p:-1].sum(-1).tolist())) > 1))
         cache = None
         if p:
             cache = self._prefix_cache_for(prefix_kv, len(rows) * (1 if once else n),
@@ -462,7 +495,8 @@ class LocalGenerator:
                 config._attn_implementation = _PREFIX_ATTN[before]
             with torch.inference_mode():
                 if once:
-                    self._encode_prompts(ids, mask, cache, start=p)
+                    self._prompt_passes += self._encode_prompts(ids, mask, cache, start=p,
+                                                                prefix_kv=prefix_kv if p else None)
                     cache.batch_repeat_interleave(n)
                     ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
                     gen_kwargs = {**gen_kwargs, "num_return_sequences": 1}
@@ -473,19 +507,72 @@ class LocalGenerator:
             _PREFIX_KV.reset(token)
         return seqs[:, ids.shape[1]:]
 
-    def _encode_prompts(self, ids, mask, cache, start: int) -> None:
+    def _encode_prompts(self, ids, mask, cache, start: int, prefix_kv=None) -> int:
         """Fill ``cache`` with every prompt token but the last (``generate`` starts from the last one), from
-        position ``start`` on (the shared prefix before it is in the cache already)."""
+        position ``start`` on (the shared prefix before it is in the cache already). Returns the forward passes.
+
+        Rows of very different lengths are encoded in groups at each group's own width (:func:`ragged_groups`):
+        left padding puts every row's tokens at the end, so a group's columns are the last ones of the batch, and
+        the columns it skips are pads for all of its rows (masked, stored as zeros). Positions and masks are those
+        of the one-pass encoding, so the cache holds the same keys and values.
+        """
         import torch
 
         end = ids.shape[1] - 1
         if end <= start:
-            return
+            return 0
         # positions as generate computes them: left pads do not count
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        width = end - start
+        groups = self._prompt_groups(mask, start, cache)
+        if len(groups) == 1:
+            with torch.inference_mode():
+                self.model(input_ids=ids[:, start:end], attention_mask=mask[:, :end],
+                           position_ids=positions[:, start:end], **self._fill_kwargs(cache))
+            return 1
+        from transformers import DynamicCache
+
+        own = mask[:, start:end].sum(-1).tolist()
+        layers = cache.layers
+        passes = 0
         with torch.inference_mode():
-            self.model(input_ids=ids[:, start:end], attention_mask=mask[:, :end],
-                       position_ids=positions[:, start:end], **self._fill_kwargs(cache))
+            for rows in groups:
+                w = max(own[i] for i in rows)
+                if w == 0:
+                    continue  # these rows' tokens are all in the prefix: their part stays zeros (masked)
+                lo, sel = end - w, torch.tensor(rows, device=ids.device)
+                if prefix_kv is not None:
+                    part = self._prefix_cache_for(prefix_kv, len(rows), start + w)
+                else:
+                    part = DynamicCache(config=self.model.config)
+                self.model(input_ids=ids[sel, lo:end],
+                           attention_mask=torch.cat([mask[sel, :start], mask[sel, lo:end]], dim=-1),
+                           position_ids=positions[sel, lo:end], **self._fill_kwargs(part))
+                passes += 1
+                for main, got in zip(layers, part.layers):
+                    if not main.is_initialized:  # a plain layer: zeros for every row, then each group's part
+                        shape = (ids.shape[0], *got.keys.shape[1:2], width, got.keys.shape[-1])
+                        main.update(got.keys.new_zeros(shape), got.values.new_zeros(shape))
+                    elif main.keys.shape[-2] == 0:  # a shared-prefix layer: its own storage, zeroed up to width
+                        main.update(got.keys.new_zeros((ids.shape[0], *got.keys.shape[1:2], width,
+                                                        got.keys.shape[-1])),
+                                    got.values.new_zeros((ids.shape[0], *got.values.shape[1:2], width,
+                                                          got.values.shape[-1])))
+                    main.keys[sel, :, width - w:] = got.keys
+                    main.values[sel, :, width - w:] = got.values
+        return passes
+
+    def _prompt_groups(self, mask, start: int, cache) -> list[list[int]]:
+        """Rows grouped by own length for :meth:`_encode_prompts` (one group: the plain one-pass encoding)."""
+        from transformers.cache_utils import DynamicLayer
+
+        everyone = [list(range(mask.shape[0]))]
+        if not self._ragged or mask.shape[0] < 2:
+            return everyone
+        # plain full-attention layers only: a sliding-window or other special layer keeps its own layout
+        if any(type(layer) not in (DynamicLayer, _shared_prefix_layer_class()) for layer in cache.layers):
+            return everyone
+        return ragged_groups(mask[:, start:-1].sum(-1).tolist())
 
     def _trim(self, row) -> tuple[list[int], int]:
         """Tokens before the first stop token, and how many tokens were generated including that stop."""
@@ -523,6 +610,7 @@ class LocalGenerator:
                      prefix_tokens=len(prefix) if prefix_kv is not None else 0,
                      prefix_reused=prefix_kv is not None and memo is not None and prefix_kv is memo[1])
         longest = len(ids[order[0]]) if order else 0
+        self._prompt_passes = 0
         rows = self._rows_per_batch(longest + params.max_new_tokens, n_seq)
         stats["batch_rows"] = rows
         with progress_bar(disable=not self.show_progress) as bar:
@@ -559,7 +647,8 @@ class LocalGenerator:
                 pos += len(idx)
                 b += 1
                 bar.advance(task, len(idx))
-        stats.update(batches=b, final_batch_rows=rows, seconds=round(time.perf_counter() - t0, 3))
+        stats.update(batches=b, final_batch_rows=rows, prompt_passes=self._prompt_passes,
+                     seconds=round(time.perf_counter() - t0, 3))
         self.last_stats = stats
         return out
 
