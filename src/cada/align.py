@@ -495,7 +495,9 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                     info.update(train_judgement(cfg, judgement_prompts(cfg, run), policy, rdir / "judgement"))
                     warm_from = str(rdir / "judgement" / "model")
                 w = cfg.warmup_train
+                t3 = time.perf_counter()
                 train(warm_from, wpath, rdir / "warmup", _sft_config(w, cfg.seed))
+                info["warmup_seconds"] = round(time.perf_counter() - t3, 1)
             start_model = str(rdir / "warmup" / "model")
             info["warmup_examples"] = len(read_records(wpath))
             if cfg.judgement:
