@@ -476,8 +476,8 @@ class LocalGenerator:
         # encode n copies of it (with ~500-token `cases` prompts most of a sampling run's time on a CPU)
         # each prompt encoded once, here (not by generate): for n > 1 samples, and for prompts of very different
         # lengths, which are encoded in groups of similar length (:meth:`_encode_prompts`)
-        once = self._encode_once and not config.is_encoder_decoder and (
-            n > 1 or (self._ragged and len(ragged_groups(mask[:, p:-1].sum(-1).tolist())) > 1))
+        groups = ragged_groups(mask[:, p:-1].sum(-1).tolist()) if self._ragged else [list(range(len(rows)))]
+        once = self._encode_once and not config.is_encoder_decoder and (n > 1 or len(groups) > 1)
         cache = None
         if p:
             cache = self._prefix_cache_for(prefix_kv, len(rows) * (1 if once else n),
@@ -495,7 +495,7 @@ class LocalGenerator:
                 config._attn_implementation = _PREFIX_ATTN[before]
             with torch.inference_mode():
                 if once:
-                    self._prompt_passes += self._encode_prompts(ids, mask, cache, start=p,
+                    self._prompt_passes += self._encode_prompts(ids, mask, cache, start=p, groups=groups,
                                                                 prefix_kv=prefix_kv if p else None)
                     cache.batch_repeat_interleave(n)
                     ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
@@ -507,16 +507,19 @@ class LocalGenerator:
             _PREFIX_KV.reset(token)
         return seqs[:, ids.shape[1]:]
 
-    def _encode_prompts(self, ids, mask, cache, start: int, prefix_kv=None) -> int:
+    def _encode_prompts(self, ids, mask, cache, start: int, groups: list[list[int]] | None = None,
+                        prefix_kv=None) -> int:
         """Fill ``cache`` with every prompt token but the last (``generate`` starts from the last one), from
         position ``start`` on (the shared prefix before it is in the cache already). Returns the forward passes.
 
-        Rows of very different lengths are encoded in groups at each group's own width (:func:`ragged_groups`):
+        Rows of very different lengths are encoded in ``groups`` at each group's own width (:func:`ragged_groups`):
         left padding puts every row's tokens at the end, so a group's columns are the last ones of the batch, and
         the columns it skips are pads for all of its rows (masked, stored as zeros). Positions and masks are those
         of the one-pass encoding, so the cache holds the same keys and values.
         """
         import torch
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
         end = ids.shape[1] - 1
         if end <= start:
@@ -524,16 +527,14 @@ class LocalGenerator:
         # positions as generate computes them: left pads do not count
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         width = end - start
-        groups = self._prompt_groups(mask, start, cache)
-        if len(groups) == 1:
+        # plain full-attention layers only: a sliding-window or other special layer keeps its own layout
+        plain = all(type(layer) in (DynamicLayer, _shared_prefix_layer_class()) for layer in cache.layers)
+        if not groups or len(groups) == 1 or not plain:
             with torch.inference_mode():
                 self.model(input_ids=ids[:, start:end], attention_mask=mask[:, :end],
                            position_ids=positions[:, start:end], **self._fill_kwargs(cache))
             return 1
-        from transformers import DynamicCache
-
         own = mask[:, start:end].sum(-1).tolist()
-        layers = cache.layers
         passes = 0
         with torch.inference_mode():
             for rows in groups:
@@ -549,30 +550,13 @@ class LocalGenerator:
                            attention_mask=torch.cat([mask[sel, :start], mask[sel, lo:end]], dim=-1),
                            position_ids=positions[sel, lo:end], **self._fill_kwargs(part))
                 passes += 1
-                for main, got in zip(layers, part.layers):
-                    if not main.is_initialized:  # a plain layer: zeros for every row, then each group's part
-                        shape = (ids.shape[0], *got.keys.shape[1:2], width, got.keys.shape[-1])
-                        main.update(got.keys.new_zeros(shape), got.values.new_zeros(shape))
-                    elif main.keys.shape[-2] == 0:  # a shared-prefix layer: its own storage, zeroed up to width
-                        main.update(got.keys.new_zeros((ids.shape[0], *got.keys.shape[1:2], width,
-                                                        got.keys.shape[-1])),
-                                    got.values.new_zeros((ids.shape[0], *got.values.shape[1:2], width,
-                                                          got.values.shape[-1])))
+                for main, got in zip(cache.layers, part.layers):
+                    if not main.is_initialized or main.keys.shape[-2] == 0:  # zeros for every row up to width
+                        main.update(*(t.new_zeros((ids.shape[0], t.shape[1], width, t.shape[-1]))
+                                      for t in (got.keys, got.values)))
                     main.keys[sel, :, width - w:] = got.keys
                     main.values[sel, :, width - w:] = got.values
         return passes
-
-    def _prompt_groups(self, mask, start: int, cache) -> list[list[int]]:
-        """Rows grouped by own length for :meth:`_encode_prompts` (one group: the plain one-pass encoding)."""
-        from transformers.cache_utils import DynamicLayer
-
-        everyone = [list(range(mask.shape[0]))]
-        if not self._ragged or mask.shape[0] < 2:
-            return everyone
-        # plain full-attention layers only: a sliding-window or other special layer keeps its own layout
-        if any(type(layer) not in (DynamicLayer, _shared_prefix_layer_class()) for layer in cache.layers):
-            return everyone
-        return ragged_groups(mask[:, start:-1].sum(-1).tolist())
 
     def _trim(self, row) -> tuple[list[int], int]:
         """Tokens before the first stop token, and how many tokens were generated including that stop."""
