@@ -472,10 +472,9 @@ class LocalGenerator:
         ids, mask = ids.to(device), mask.to(device)
         n = gen_kwargs["num_return_sequences"]
         config = self.model.config
-        # n samples per prompt: each prompt is encoded once and its cache copied n times, where generate would
-        # encode n copies of it (with ~500-token `cases` prompts most of a sampling run's time on a CPU)
-        # each prompt encoded once, here (not by generate): for n > 1 samples, and for prompts of very different
-        # lengths, which are encoded in groups of similar length (:meth:`_encode_prompts`)
+        # prompts encoded here, not by generate: for n > 1 samples each prompt once, its cache copied n times
+        # (generate would encode n copies: with ~500-token `cases` prompts most of a sampling run's time on a CPU),
+        # and prompts of very different lengths in groups of similar length (:meth:`_encode_prompts`)
         groups = ragged_groups(mask[:, p:-1].sum(-1).tolist()) if self._ragged else [list(range(len(rows)))]
         once = self._encode_once and not config.is_encoder_decoder and (n > 1 or len(groups) > 1)
         cache = None
