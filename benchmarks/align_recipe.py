@@ -1,8 +1,8 @@
 """CADA on the embedded model at CPU size: refusal on held-back *training-pool* prompts, base vs trained.
 
     python benchmarks/align_recipe.py --limit 120 --n 2 --out benchmarks/results/align_recipe.json
-    python benchmarks/align_recipe.py --config configs/align-cada.yaml --limit 100 --judgement-per-label 300 \
-        --warmup-per-label 400 --calibration-per-label 300 --run runs/align-cpu \
+    python benchmarks/align_recipe.py --config configs/align-cada.yaml --limit 64 --judgement-per-label 300 \
+        --warmup-per-label 300 --calibration-per-label 300 --run runs/align-cpu64 --eval-max-new-tokens 128 \
         --out benchmarks/results/align_pipeline_cpu.json
 
 Runs `cada align --arm cada` into a run folder (or resumes it: a finished `cada align` run with the same settings
@@ -78,7 +78,7 @@ def refusal_rates(model: str, heldout, out_dir: Path, max_new_tokens: int) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="runs/bench-cada")
-    ap.add_argument("--limit", type=int, default=120, help="training prompts per label")
+    ap.add_argument("--limit", type=int, help="training prompts per label (default 120, or the config's)")
     ap.add_argument("--n", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=64, help="self-generation budget per chain")
     ap.add_argument("--eval-max-new-tokens", type=int, default=160,
@@ -102,10 +102,11 @@ def main() -> None:
         cfg = AlignConfig.from_yaml(args.config)
         sizes = {k: getattr(args, k) for k in ("judgement_per_label", "warmup_per_label", "calibration_per_label")
                  if getattr(args, k) is not None}
-        pool = cfg.pool.model_copy(update={"limit_per_label": args.limit})
-        cfg = cfg.model_copy(update={**sizes, "pool": pool})
+        if args.limit is not None:
+            cfg = cfg.model_copy(update={"pool": cfg.pool.model_copy(update={"limit_per_label": args.limit})})
+        cfg = cfg.model_copy(update=sizes)
     else:
-        cfg = AlignConfig(arm="cada", pool=PoolConfig(limit_per_label=args.limit, heldout_per_label=50),
+        cfg = AlignConfig(arm="cada", pool=PoolConfig(limit_per_label=args.limit or 120, heldout_per_label=50),
                           generation=GenConfig(n=args.n, k=args.k, max_new_tokens=args.max_new_tokens),
                           train=TrainCfg(epochs=args.dpo_epochs, learning_rate=args.lr, max_length=640),
                           warmup_train=TrainCfg(epochs=args.warmup_epochs, learning_rate=args.lr, max_length=640))
