@@ -11,8 +11,10 @@ greedily with the bare request (mode none: the spec is not in the prompt) for th
 each stage (warm-up, DPO, calibration pass). Reports keyword (string-match) and offline-judge refusal rates for
 harmful and benign prompts separately, plus the stage timings from the run's summary.
 
-Without --config the run is the early CPU recipe (LoRA warm-up and DPO on the self-generated prompts); with it,
-an `AlignConfig` YAML such as configs/align-cada.yaml, whose sizes the flags given override.
+Without --config the run is the early CPU recipe that ``results/align_recipe.json`` recorded (LoRA r16 warm-up and
+DPO on the self-generated prompts, no judgement stage, no calibration pass); with it, an `AlignConfig` YAML such as
+configs/align-cada.yaml, whose sizes the flags given override. The stage timings come from the run's summary
+(a resumed run keeps the times its stages took when they ran).
 """
 
 from __future__ import annotations
@@ -80,10 +82,10 @@ def main() -> None:
     ap.add_argument("--run", default="runs/bench-cada")
     ap.add_argument("--limit", type=int, help="training prompts per label (default 120, or the config's)")
     ap.add_argument("--n", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=64, help="self-generation budget per chain")
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="self-generation budget per chain")
     ap.add_argument("--eval-max-new-tokens", type=int, default=160,
                     help="evaluation budget (room for the analysis and the final response)")
-    ap.add_argument("--k", type=int, default=3, help="precedents in the self-generation prompt")
+    ap.add_argument("--k", type=int, default=4, help="precedents in the self-generation prompt")
     ap.add_argument("--warmup-epochs", type=float, default=2.0)
     ap.add_argument("--dpo-epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -106,7 +108,9 @@ def main() -> None:
             cfg = cfg.model_copy(update={"pool": cfg.pool.model_copy(update={"limit_per_label": args.limit})})
         cfg = cfg.model_copy(update=sizes)
     else:
-        cfg = AlignConfig(arm="cada", pool=PoolConfig(limit_per_label=args.limit or 120, heldout_per_label=50),
+        # the early recipe as results/align_recipe.json recorded it: no judgement stage (a default since), LoRA
+        cfg = AlignConfig(arm="cada", judgement=False, pool=PoolConfig(limit_per_label=args.limit or 120,
+                                                                       heldout_per_label=50),
                           generation=GenConfig(n=args.n, k=args.k, max_new_tokens=args.max_new_tokens),
                           train=TrainCfg(epochs=args.dpo_epochs, learning_rate=args.lr, max_length=640),
                           warmup_train=TrainCfg(epochs=args.warmup_epochs, learning_rate=args.lr, max_length=640))

@@ -3,7 +3,7 @@
     python benchmarks/decision_calibration.py --run runs/bench-judge2 --model runs/bench-cons2/train/model \
         --score-only                                             # the decision's scores, ~3 min on 2 cores
     python benchmarks/decision_calibration.py --run runs/bench-judge2 --model runs/bench-cons2/train/model \
-        --calibrate runs/bench-calib --benign 600 --harmful 300  # a calibration pass + keyword rates, ~30 min
+        --calibrate runs/bench-calib --benign 600 --harmful 300  # a calibration pass + keyword rates, ~18 min
 
 After the judgement stage and the warm-up the decision separates the labels well (held-back AUC 0.99), yet a few
 benign look-alikes are still judged harmful. This bench reads the decision off one forward pass (``judgement_auc.py``:

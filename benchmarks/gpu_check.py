@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py --model PATH --out $OUT/gpu_check.json          # on the GPU machine
     python benchmarks/gpu_check.py --export-skeleton gpu-model                     # here: config + tokenizer only
-    python benchmarks/gpu_check.py --model tiny --allow-cpu --batch 4 ...          # CPU smoke test of the script
+    python benchmarks/gpu_check.py --model tiny-random --allow-cpu --batch 4 ...          # CPU smoke test of the script
 
 Measures, in this order, each only while the time budget (``--time-budget``, default 540 s) allows:
 

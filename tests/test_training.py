@@ -406,6 +406,17 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
     assert (run / "round-1/judgement/model/config.json").stat().st_mtime == jtime
     assert (run / "calibration/model/config.json").stat().st_mtime == ctime
     assert again["model"] == summary["model"]
+    # ... and its summary keeps the times the stages took when they ran, not the instant it took to find them done
+    first, resumed = summary["rounds"][0], again["rounds"][0]
+    for key, folder in (("judgement_seconds", "round-1/judgement"), ("warmup_seconds", "round-1/warmup"),
+                        ("train_seconds", "round-1/train")):
+        assert resumed[key] == first[key] == json.loads((run / folder / "train_info.json").read_text())[
+            "train_seconds"] > 0
+    assert resumed["answer_seconds"] == first["answer_seconds"]
+    assert resumed["generation_seconds"] >= first["generation_seconds"] > 0
+    assert again["calibration"]["warmup_seconds"] == summary["calibration"]["warmup_seconds"] > 0
+    assert again["calibration"]["answer_seconds"] == summary["calibration"]["answer_seconds"]
+    assert again["seconds"] > summary["seconds"]
     # killed between its two epochs: the calibration pass keeps its judgement model and trains the rest
     cjtime = (run / "calibration/judgement/model/config.json").stat().st_mtime
     shutil.rmtree(run / "calibration/model")

@@ -387,7 +387,28 @@ def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str,
     for name, path in (("judgement", jdir / "judgement.jsonl"), ("warmup", out / "warmup.jsonl")):
         rows = read_records(path)
         info[f"{name}_rows"] = {lab: sum(r["label"] == lab for r in rows) for lab in ("benign", "harmful")}
+    _trained_seconds(info, judgement_seconds=jdir, warmup_seconds=out)
     return str(model_dir), info
+
+
+def _trained_seconds(info: dict, **stages: Path) -> None:
+    """Each finished training stage's time, as its ``train_info.json`` recorded it: a resumed run reports what
+    the stage took when it ran, not the instant it took to find it done."""
+    for key, folder in stages.items():
+        path = folder / "train_info.json"
+        if path.exists():
+            info[key] = json.loads(path.read_text())["train_seconds"]
+
+
+def _carry_seconds(info: dict, before: dict) -> None:
+    """Fold in the times an earlier invocation recorded in ``summary.json`` for the same stage: generation
+    time adds up over invocations (a resumed generation does the rest), an answer time measured only when the
+    answers were written is kept. Training times come from the stages' own files (`_trained_seconds`)."""
+    for key, value in before.items():
+        if key == "generation_seconds":
+            info[key] = round(info.get(key, 0.0) + value, 1)
+        elif key == "answer_seconds":
+            info.setdefault(key, value)
 
 
 def _sft_config(c: TrainCfg, seed: int):
@@ -447,6 +468,8 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                                                                        "removed_for_eval_overlap")},
                      "rounds": []}
     policy = cfg.model
+    before = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    rounds_before = {r.get("round"): r for r in before.get("rounds", [])}
     t_all = time.perf_counter()
     for rnd in range(1, cfg.rounds + 1):
         rdir = run / f"round-{rnd}"
@@ -515,15 +538,18 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         write_records(data_path, rows)
         info["dataset"] = stats
         model_dir = rdir / "train" / "model"
-        t1 = time.perf_counter()
         if not (model_dir / "config.json").exists():
             train(start_model, data_path, rdir / "train", tcfg)
-        info["train_seconds"] = round(time.perf_counter() - t1, 1)
+        _trained_seconds(info, judgement_seconds=rdir / "judgement", warmup_seconds=rdir / "warmup",
+                         train_seconds=rdir / "train")
+        _carry_seconds(info, rounds_before.get(rnd, {}))
         policy = str(model_dir)
         summary["rounds"].append(info)
     if cfg.calibration_per_label and method == "dpo":
         policy, summary["calibration"] = train_calibration(cfg, run, policy, spec, mode, show_progress=show_progress)
+        _carry_seconds(summary["calibration"], before.get("calibration", {}))
     summary["model"] = policy
-    summary["seconds"] = round(time.perf_counter() - t_all, 1)
+    # the wall time of every invocation that reached this line, resumed ones included
+    summary["seconds"] = round(before.get("seconds", 0.0) + time.perf_counter() - t_all, 1)
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -659,7 +659,7 @@ def demo_cmd(
         "runs/demo"),
     model: ModelOpt = "smollm2-135m",
 ) -> None:
-    """The whole study at CPU size on the embedded model (13 to 28 minutes on two cores), with a report."""
+    """The whole study at CPU size on the embedded model (about 15 minutes on two cores), with a report."""
     from cada.study import demo_config, run_study
 
     _print_summary(run_study(demo_config(model), output), output)

@@ -147,7 +147,7 @@ def demo_config(model: str = "smollm2-135m") -> StudyConfig:
     """The CPU-sized preset behind ``cada demo``: shows the direction in minutes, not the final quality."""
     return StudyConfig(
         name="demo", model=model,
-        # sized for under 20 minutes on two CPU cores (15.5 min on 2026-11-30; slow days up to twice that); the
+        # sized for about 15 minutes on two CPU cores (15.5 min on 2026-11-30; slow days up to twice that); the
         # eval budget of 64 new tokens leaves room for the ~35-token grounded analysis plus the final response
         pool=PoolConfig(limit_per_label=24, heldout_per_label=50),
         generation=GenConfig(n=2, k=3, max_new_tokens=40, batch_size=16),
