@@ -366,9 +366,7 @@ def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str,
             # line alone learns to stop after it; the whole rows below, up to c.max_length, teach the answer
             encoded, kept = encode_judgement(judgement_set(prompts), policy, cfg.judgement_train.max_length)
             write_records(jdir / "judgement.jsonl", kept)  # readable; training takes the encoded form
-            t = time.perf_counter()
             train(policy, encoded, jdir, _sft_config(c, cfg.seed))
-            info["judgement_seconds"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
         # the benign answers are the base model's own, as in the warm-up
         gen = make_generator(cfg.model, base_url=cfg.base_url, batch_size=cfg.generation.batch_size,
@@ -381,9 +379,7 @@ def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str,
         whole = [p for p in prompts if p.label == "benign"] + harmful[:len(harmful) // 2]
         rows, _ = fit_length(warmup_set(whole, [], spec, mode, answers), policy, c.max_length)
         write_records(out / "warmup.jsonl", rows)
-        t = time.perf_counter()
         train(str(jdir / "model"), out / "warmup.jsonl", out, _sft_config(c, cfg.seed))
-        info["warmup_seconds"] = round(time.perf_counter() - t, 1)
     for name, path in (("judgement", jdir / "judgement.jsonl"), ("warmup", out / "warmup.jsonl")):
         rows = read_records(path)
         info[f"{name}_rows"] = {lab: sum(r["label"] == lab for r in rows) for lab in ("benign", "harmful")}
@@ -517,10 +513,7 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                 elif cfg.judgement:
                     info.update(train_judgement(cfg, judgement_prompts(cfg, run), policy, rdir / "judgement"))
                     warm_from = str(rdir / "judgement" / "model")
-                w = cfg.warmup_train
-                t3 = time.perf_counter()
-                train(warm_from, wpath, rdir / "warmup", _sft_config(w, cfg.seed))
-                info["warmup_seconds"] = round(time.perf_counter() - t3, 1)
+                train(warm_from, wpath, rdir / "warmup", _sft_config(cfg.warmup_train, cfg.seed))
             start_model = str(rdir / "warmup" / "model")
             info["warmup_examples"] = len(read_records(wpath))
             if cfg.judgement:
