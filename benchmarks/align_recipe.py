@@ -42,10 +42,37 @@ def unused_prompts(run: Path, judgement_per_label: int) -> list:
     from cada.align import _balanced
     from cada.data.pools import read_pool
 
+    if (run / "config.yaml").is_file():
+        return _pipeline_unused(run)
     train = read_pool(run / "pool" / "train.jsonl")
     used = {p.id for p in _balanced(train, judgement_per_label, 0)}
     used |= {json.loads(line)["id"] for line in (run / "warmup.jsonl").read_text().splitlines()}
     fresh = [p for p in train if p.id not in used]
+    random.Random(7).shuffle(fresh)
+    return fresh
+
+
+def _pipeline_unused(run: Path) -> list:
+    """For a ``cada align`` run folder: the shipped pools rebuilt with the run's seed and jailbreak share, less its
+    held-back prompts, less every prompt a stage drew (``pool/*.jsonl``: self-generation, judgement stage, warm-up,
+    calibration pass), less near duplicates of any of those (the pipeline's own overlap test); shuffled with a fixed
+    seed."""
+    import random
+
+    import yaml
+
+    from cada.align import AlignConfig
+    from cada.data import pools as P
+    from cada.spec import load_spec
+
+    cfg = AlignConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
+    if cfg.pool.user_pool:
+        raise SystemExit(f"{run}: a run on a user pool; unused prompts are drawn from the shipped pools only")
+    spec = load_spec(cfg.spec) if cfg.spec else load_spec()
+    prompts = P.build_pools(jailbreak_share=cfg.pool.jailbreak_share, seed=cfg.seed, spec=spec).prompts
+    used = [p for f in sorted((run / "pool").glob("*.jsonl")) for p in P.read_pool(f)]
+    ids = {p.id for p in used}
+    fresh, _ = P.drop_near_heldout([p for p in prompts if p.id not in ids], used)
     random.Random(7).shuffle(fresh)
     return fresh
 

@@ -8,6 +8,13 @@ The 50 + 50 held-back prompts are few for "no more benign refusals than the base
 model; one refusal moves the rate by 0.02). This draws ``--benign`` more benign prompts (and ``--harmful``, a
 few, for the same table) from the run's training pool that no stage saw: not in its ``warmup.jsonl`` and not among
 the judgement stage's prompts (the pipeline's balanced draw of ``--judgement-per-label``).
+
+For a ``cada align`` run folder (one with ``config.yaml``) the unused prompts are the shipped pools rebuilt with the
+run's seed, less every prompt in its ``pool/`` (held back, self-generation, judgement stage, warm-up, calibration
+pass) and their near duplicates:
+
+    python benchmarks/unused_benign.py --run runs/align-cfg64 --benign 347 --harmful 50 \
+        --model cada=runs/align-cfg64/calibration/model --out benchmarks/results/unused_benign_pipeline.json
 """
 
 from __future__ import annotations
