@@ -68,7 +68,7 @@ def _pipeline_unused(run: Path) -> list:
     cfg = AlignConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
     if cfg.pool.user_pool:
         raise SystemExit(f"{run}: a run on a user pool; unused prompts are drawn from the shipped pools only")
-    spec = load_spec(cfg.spec) if cfg.spec else load_spec()
+    spec = load_spec(cfg.spec)
     prompts = P.build_pools(jailbreak_share=cfg.pool.jailbreak_share, seed=cfg.seed, spec=spec).prompts
     used = [p for f in sorted((run / "pool").glob("*.jsonl")) for p in P.read_pool(f)]
     ids = {p.id for p in used}
