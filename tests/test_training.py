@@ -320,7 +320,7 @@ def test_grpo_with_the_judge_reward(tmp_path, tiny_model):
     assert safety and fmt and all(-1.0 <= v <= 1.0 for v in safety + fmt), logged
 
 
-def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
+def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model, capsys):
     from cada.align import AlignConfig, GenConfig, PoolConfig, TrainCfg, align
 
     pool = tmp_path / "pool.csv"
@@ -351,7 +351,22 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
                       warmup_train=TrainCfg(batch_size=4, lora_r=4, max_length=256),
                       judgement_train=TrainCfg(batch_size=4, lora_r=0, max_length=256))
     run = tmp_path / "run"
-    summary = align(cfg, run, show_progress=False)
+    capsys.readouterr()
+    summary = align(cfg, run)
+    # one line per stage on stderr, in order, with how much each trains on
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("cada align ")]
+    n = {f: len(read_records(run / f)) for f in ("round-1/warmup.jsonl", "round-1/pairs.jsonl",
+                                                 "calibration/judgement/judgement.jsonl", "calibration/warmup.jsonl")}
+    stages = ["pools: 4 self-generation prompts, 4 held back", "round 1: self-generation, 4 prompts x 2 chains",
+              "round 1: the policy's answers to 1 more benign warm-up prompts",
+              "judgement stage: SFT on 8 decision lines", f"round 1: warm-up SFT on {n['round-1/warmup.jsonl']} rows",
+              f"round 1: DPO on {n['round-1/pairs.jsonl']} pairs",
+              f"calibration pass: SFT on {n['calibration/judgement/judgement.jsonl']} decision lines",
+              "calibration pass: the base model's answers to 4 benign",
+              f"calibration pass: SFT on {n['calibration/warmup.jsonl']} whole rows", "finished: the model is"]
+    assert len(lines) == len(stages) + 1 and "arm cada" in lines[0], lines
+    for line, stage in zip(lines[1:], stages):
+        assert line.startswith("cada align " + stage) and "(done, kept)" not in line, (line, stage)
     assert Path(summary["model"]).joinpath("config.json").is_file()
     assert summary["pool"]["train"] == 4 and summary["pool"]["heldout"] == 4
     for f in ("config.yaml", "pool/train.jsonl", "pool/heldout.jsonl", "pool/warmup.jsonl", "round-1/records.jsonl",
@@ -401,7 +416,12 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model):
     mtime = (run / "round-1/train/model/config.json").stat().st_mtime
     jtime = (run / "round-1/judgement/model/config.json").stat().st_mtime
     ctime = (run / "calibration/model/config.json").stat().st_mtime
-    again = align(cfg, run, show_progress=False)  # resume: nothing is redone
+    again = align(cfg, run)  # resume: nothing is redone, and the log says so
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("cada align ")]
+    kept = [x for x in lines if "(done, kept)" in x]
+    assert [x.split(":")[0].split(" ->")[0] for x in kept] == [
+        "cada align round 1", "cada align round 1", "cada align round 1", "cada align calibration pass"], lines
+    assert not any(" SFT on " in x or "answers to" in x for x in lines), lines
     assert (run / "round-1/train/model/config.json").stat().st_mtime == mtime
     assert (run / "round-1/judgement/model/config.json").stat().st_mtime == jtime
     assert (run / "calibration/model/config.json").stat().st_mtime == ctime

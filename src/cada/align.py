@@ -343,8 +343,8 @@ def encode_judgement(rows: list[dict], model: str, max_length: int) -> tuple[lis
     return encoded, kept
 
 
-def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str, *, show_progress: bool = True
-                      ) -> tuple[str, dict]:
+def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str, *, show_progress: bool = True,
+                      log: StageLog | None = None) -> tuple[str, dict]:
     """The last pass (``calibration_per_label``) from ``policy``, resumable: the judgement line of every
     calibration prompt (``run/calibration/judgement``), then whole warm-up rows -- the benign prompts with the base
     model's own answer and the first half of the harmful ones -- into ``run/calibration/model``."""
@@ -356,22 +356,30 @@ def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str,
     model_dir, jdir = out / "model", out / "judgement"
     c = cfg.calibration_train
     info: dict = {}
-    if not (model_dir / "config.json").exists():
+    log = log or StageLog(False)
+    if (model_dir / "config.json").exists():
+        log(f"calibration pass -> {model_dir}", done=True)
+    else:
         prompts = read_pool(run / "pool" / "calibration.jsonl")
         if not prompts:
             raise CadaError(f"{run / 'pool' / 'calibration.jsonl'}: no prompt for the calibration pass (the pool "
                             "is too small); lower calibration_per_label or turn it off")
-        if not (jdir / "model" / "config.json").exists():
+        if (jdir / "model" / "config.json").exists():
+            log(f"calibration pass, decision lines -> {jdir}", done=True)
+        else:
             # the judgement lines at the judgement stage's length: a long jailbreak-wrapped prompt trained on the
             # line alone learns to stop after it; the whole rows below, up to c.max_length, teach the answer
             encoded, kept = encode_judgement(judgement_set(prompts), policy, cfg.judgement_train.max_length)
             write_records(jdir / "judgement.jsonl", kept)  # readable; training takes the encoded form
+            log(f"calibration pass: SFT on {len(kept)} decision lines -> {jdir}")
             train(policy, encoded, jdir, _sft_config(c, cfg.seed))
         t = time.perf_counter()
+        benign = [p for p in prompts if p.label == "benign"]
+        log(f"calibration pass: the base model's answers to {len(benign)} benign prompts -> {out / 'answers.jsonl'}")
         # the benign answers are the base model's own, as in the warm-up
         gen = make_generator(cfg.model, base_url=cfg.base_url, batch_size=cfg.generation.batch_size,
                              show_progress=show_progress)
-        answers = direct_answers([p for p in prompts if p.label == "benign"], gen, out / "answers.jsonl",
+        answers = direct_answers(benign, gen, out / "answers.jsonl",
                                  cfg.generation.max_new_tokens, show_progress=show_progress)
         info["answer_seconds"] = round(time.perf_counter() - t, 1)
         del gen  # the base model is not needed while training
@@ -379,12 +387,35 @@ def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str,
         whole = [p for p in prompts if p.label == "benign"] + harmful[:len(harmful) // 2]
         rows, _ = fit_length(warmup_set(whole, [], spec, mode, answers), policy, c.max_length)
         write_records(out / "warmup.jsonl", rows)
+        log(f"calibration pass: SFT on {len(rows)} whole rows -> {model_dir}")
         train(str(jdir / "model"), out / "warmup.jsonl", out, _sft_config(c, cfg.seed))
     for name, path in (("judgement", jdir / "judgement.jsonl"), ("warmup", out / "warmup.jsonl")):
         rows = read_records(path)
         info[f"{name}_rows"] = {lab: sum(r["label"] == lab for r in rows) for lab in ("benign", "harmful")}
     _trained_seconds(info, judgement_seconds=jdir, warmup_seconds=out)
     return str(model_dir), info
+
+
+class StageLog:
+    """One line per stage on stderr: what runs, on how much, into which folder, and the minutes since the run
+    started. The progress bars only count, so without these a long run's log does not say which stage it is in; a
+    stage a resumed run finds finished says so. Silent when ``show`` is false."""
+
+    def __init__(self, show: bool = True):
+        self.console, self.t0 = None, time.perf_counter()
+        if show:
+            from rich.console import Console
+
+            self.console = Console(stderr=True, highlight=False)
+
+    def __call__(self, text: str, *, done: bool = False) -> None:
+        if self.console is None:
+            return
+        from rich.markup import escape
+
+        minutes = (time.perf_counter() - self.t0) / 60
+        self.console.print(f"[bold]cada align[/] {escape(text)}{' (done, kept)' if done else ''}"
+                           f"  [dim]{minutes:.1f} min[/]", soft_wrap=True)
 
 
 def _trained_seconds(info: dict, **stages: Path) -> None:
@@ -394,6 +425,14 @@ def _trained_seconds(info: dict, **stages: Path) -> None:
         path = folder / "train_info.json"
         if path.exists():
             info[key] = json.loads(path.read_text())["train_seconds"]
+
+
+def _count_lines(path: Path) -> int:
+    """Non-empty lines of a JSONL file (0 when there is none yet)."""
+    if not path.exists():
+        return 0
+    with path.open(encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _carry_seconds(info: dict, before: dict) -> None:
@@ -417,17 +456,22 @@ def _sft_config(c: TrainCfg, seed: int):
                        bf16=c.bf16, merge=True, seed=seed)
 
 
-def train_judgement(cfg: AlignConfig, prompts: list, policy: str, out: Path) -> dict:
+def train_judgement(cfg: AlignConfig, prompts: list, policy: str, out: Path, *, log: StageLog | None = None
+                    ) -> dict:
     """SFT ``policy`` on the judgement line of ``prompts`` into ``out/model`` (a finished one is reused)."""
     from cada.train import train
 
+    log = log or StageLog(False)
     info: dict = {}
-    if not (out / "model" / "config.json").exists():
+    if (out / "model" / "config.json").exists():
+        log(f"judgement stage -> {out}", done=True)
+    else:
         j = cfg.judgement_train
         rows = judgement_set(prompts)
         encoded, kept = encode_judgement(rows, policy, j.max_length)
         info["judgement_dropped_too_long"] = len(rows) - len(kept)
         write_records(out / "judgement.jsonl", kept)  # readable; training takes the encoded form
+        log(f"judgement stage: SFT on {len(kept)} decision lines -> {out}")
         t = time.perf_counter()
         train(policy, encoded, out, _sft_config(j, cfg.seed))
         info["judgement_seconds"] = round(time.perf_counter() - t, 1)
@@ -458,7 +502,10 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
     saved.write_text(cfg.to_yaml())
     spec = load_spec(cfg.spec)
     mode, method, sft_arm = ARMS[cfg.arm]
-    train_prompts, _, pool_report = prepare_pools(cfg, run, spec)
+    log = StageLog(show_progress)
+    log(f"arm {cfg.arm}, policy {cfg.model} -> {run}")
+    train_prompts, held_prompts, pool_report = prepare_pools(cfg, run, spec)
+    log(f"pools: {len(train_prompts)} self-generation prompts, {len(held_prompts)} held back -> {run / 'pool'}")
     summary: dict = {"arm": cfg.arm, "base_model": cfg.model, "pool": {k: pool_report.get(k) for k in
                                                                       ("train", "heldout",
                                                                        "removed_for_eval_overlap")},
@@ -476,6 +523,8 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                              backend="auto" if rnd == 1 else "local",
                              batch_size=cfg.generation.batch_size, show_progress=show_progress)
         g = cfg.generation
+        log(f"round {rnd}: self-generation, {len(train_prompts)} prompts x {g.n} chains ({mode}) -> "
+            f"{rdir / 'records.jsonl'}", done=_count_lines(rdir / "records.jsonl") >= g.n * len(train_prompts))
         records = self_generate(train_prompts, gen, spec, rdir / "records.jsonl",
                                 SelfGenConfig(mode=mode, n=g.n, k=g.k, temperature=g.temperature, top_p=g.top_p,
                                               max_new_tokens=g.max_new_tokens, seed=cfg.seed + 1000 * rnd),
@@ -490,7 +539,9 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         start_model = policy
         if method == "dpo" and cfg.warmup and rnd == 1:
             wpath = rdir / "warmup.jsonl"
-            if not (rdir / "warmup" / "model" / "config.json").exists():
+            if (rdir / "warmup" / "model" / "config.json").exists():
+                log(f"round {rnd}: warm-up -> {rdir / 'warmup'}", done=True)
+            else:
                 wprompts = train_prompts
                 answers: dict[str, str] = {}
                 if cfg.warmup_per_label:
@@ -499,6 +550,8 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                     wprompts = read_pool(run / "pool" / "warmup.jsonl")
                     have = {r["id"] for r in records}
                     need = [p for p in wprompts if p.label == "benign" and p.id not in have]
+                    log(f"round {rnd}: the policy's answers to {len(need)} more benign warm-up prompts -> "
+                        f"{rdir / 'answers.jsonl'}")
                     t2 = time.perf_counter()
                     answers = direct_answers(need, gen, rdir / "answers.jsonl", g.max_new_tokens,
                                              show_progress=show_progress)
@@ -511,8 +564,10 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                 if cfg.judgement and cfg.judgement_model:
                     warm_from = cfg.judgement_model
                 elif cfg.judgement:
-                    info.update(train_judgement(cfg, judgement_prompts(cfg, run), policy, rdir / "judgement"))
+                    info.update(train_judgement(cfg, judgement_prompts(cfg, run), policy, rdir / "judgement",
+                                                log=log))
                     warm_from = str(rdir / "judgement" / "model")
+                log(f"round {rnd}: warm-up SFT on {len(rows)} rows -> {rdir / 'warmup'}")
                 train(warm_from, wpath, rdir / "warmup", _sft_config(cfg.warmup_train, cfg.seed))
             start_model = str(rdir / "warmup" / "model")
             info["warmup_examples"] = len(read_records(wpath))
@@ -531,7 +586,11 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         write_records(data_path, rows)
         info["dataset"] = stats
         model_dir = rdir / "train" / "model"
-        if not (model_dir / "config.json").exists():
+        what = f"round {rnd}: {method.upper()} on {len(rows)} {'pairs' if method == 'dpo' else 'rows'}"
+        if (model_dir / "config.json").exists():
+            log(f"{what} -> {rdir / 'train'}", done=True)
+        else:
+            log(f"{what} -> {rdir / 'train'}")
             train(start_model, data_path, rdir / "train", tcfg)
         _trained_seconds(info, judgement_seconds=rdir / "judgement", warmup_seconds=rdir / "warmup",
                          train_seconds=rdir / "train")
@@ -539,10 +598,12 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         policy = str(model_dir)
         summary["rounds"].append(info)
     if cfg.calibration_per_label and method == "dpo":
-        policy, summary["calibration"] = train_calibration(cfg, run, policy, spec, mode, show_progress=show_progress)
+        policy, summary["calibration"] = train_calibration(cfg, run, policy, spec, mode, show_progress=show_progress,
+                                                           log=log)
         _carry_seconds(summary["calibration"], before.get("calibration", {}))
     summary["model"] = policy
     # the wall time of every invocation that reached this line, resumed ones included
     summary["seconds"] = round(before.get("seconds", 0.0) + time.perf_counter() - t_all, 1)
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    log(f"finished: the model is {policy}; summary in {run / 'summary.json'}")
     return summary
