@@ -110,7 +110,8 @@ class AlignConfig(_Cfg):
     # before the warm-up, SFT on the judgement alone ("This request is harmful." / "... benign."): in a warm-up
     # example the decision is one token among a hundred, and a small policy learns it far better on its own
     # (docs/training.md: held-back AUC 0.87 -> 0.99 on the embedded model). Prompts per label from the whole
-    # training pool (None: the warm-up prompts); each costs one short training example, no generation.
+    # training pool, always including the warm-up prompts (so at least warmup_per_label; None: the warm-up
+    # prompts); each costs one short training example, no generation.
     judgement: bool = True
     judgement_per_label: int | None = None
     judgement_model: str | None = None    # a finished judgement stage to start the warm-up from (a study shares one)
@@ -540,7 +541,8 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         if method == "dpo" and cfg.warmup and rnd == 1:
             wpath = rdir / "warmup.jsonl"
             if (rdir / "warmup" / "model" / "config.json").exists():
-                log(f"round {rnd}: warm-up -> {rdir / 'warmup'}", done=True)
+                log(f"round {rnd}: {'judgement stage and ' if cfg.judgement else ''}warm-up -> {rdir / 'warmup'}",
+                    done=True)
             else:
                 wprompts = train_prompts
                 answers: dict[str, str] = {}

@@ -460,8 +460,8 @@ def align_cmd(
     judgement: Annotated[Optional[bool], typer.Option("--judgement/--no-judgement", help="Before the warm-up, SFT "
                                                       "on the judgement line alone (harmful or benign).")] = None,
     judgement_per_label: Annotated[Optional[int], typer.Option(
-        "--judgement-per-label", help="Judgement-stage prompts per label from the whole training pool (default: "
-        "the warm-up prompts).")] = None,
+        "--judgement-per-label", help="Judgement-stage prompts per label from the whole training pool, always "
+        "including the warm-up prompts (default: just those).")] = None,
     calibration_per_label: Annotated[Optional[int], typer.Option(
         "--calibration-per-label", help="After DPO, a last pass on this many fresh benign prompts and half as many "
         "harmful ones (judgement lines and whole warm-up rows; off by default).")] = None,
