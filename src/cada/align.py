@@ -385,7 +385,7 @@ def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str,
         info["answer_seconds"] = round(time.perf_counter() - t, 1)
         del gen  # the base model is not needed while training
         harmful = [p for p in prompts if p.label == "harmful"]
-        whole = [p for p in prompts if p.label == "benign"] + harmful[:len(harmful) // 2]
+        whole = benign + harmful[:len(harmful) // 2]
         rows, _ = fit_length(warmup_set(whole, [], spec, mode, answers), policy, c.max_length)
         write_records(out / "warmup.jsonl", rows)
         log(f"calibration pass: SFT on {len(rows)} whole rows -> {model_dir}")
@@ -426,14 +426,6 @@ def _trained_seconds(info: dict, **stages: Path) -> None:
         path = folder / "train_info.json"
         if path.exists():
             info[key] = json.loads(path.read_text())["train_seconds"]
-
-
-def _count_lines(path: Path) -> int:
-    """Non-empty lines of a JSONL file (0 when there is none yet)."""
-    if not path.exists():
-        return 0
-    with path.open(encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())
 
 
 def _carry_seconds(info: dict, before: dict) -> None:
@@ -525,7 +517,7 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                              batch_size=cfg.generation.batch_size, show_progress=show_progress)
         g = cfg.generation
         log(f"round {rnd}: self-generation, {len(train_prompts)} prompts x {g.n} chains ({mode}) -> "
-            f"{rdir / 'records.jsonl'}", done=_count_lines(rdir / "records.jsonl") >= g.n * len(train_prompts))
+            f"{rdir / 'records.jsonl'}", done=len(read_records(rdir / "records.jsonl")) >= g.n * len(train_prompts))
         records = self_generate(train_prompts, gen, spec, rdir / "records.jsonl",
                                 SelfGenConfig(mode=mode, n=g.n, k=g.k, temperature=g.temperature, top_p=g.top_p,
                                               max_new_tokens=g.max_new_tokens, seed=cfg.seed + 1000 * rnd),
