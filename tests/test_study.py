@@ -198,6 +198,21 @@ def test_study_config_errors_name_the_file_and_field(tmp_path):
     bad.write_text("name: x\ntrain:\n  epochs: 1\n  lora_r: many\nbogus: 1\n")
     with pytest.raises(CadaError, match=r"bad.yaml:4: train.lora_r: .*integer.* \(\+1 more\)$"):
         StudyConfig.from_yaml(bad)
+    # sizes out of range are refused before anything runs (a negative limit used to slice the pool from the end)
+    for text, where in (("pool:\n  limit_per_label: -3\n", ":2: pool.limit_per_label: .*greater than or equal to 1"),
+                        ("pool: {jailbreak_share: 1.5}\n", ":1: pool.jailbreak_share: .*less than or equal to 1"),
+                        ("warmup_per_label: 0\n", ":1: warmup_per_label: .*greater than or equal to 1"),
+                        ("eval:\n  max_new_tokens: 0\n", ":2: eval.max_new_tokens: .*greater than or equal to 1"),
+                        ("eval:\n  suite:\n    - {name: xstest-safe, limit: -1}\n",
+                         r":3: eval.suite.0.limit: Input should be greater than or equal to 1$")):
+        bad.write_text(text)
+        with pytest.raises(CadaError, match=r"bad.yaml" + where):
+            StudyConfig.from_yaml(bad)
+    from cada.align import AlignConfig
+
+    bad.write_text("arm: cada\npool: {limit_per_label: -3}\njudgement_per_label: 0\n")
+    with pytest.raises(CadaError, match=r"bad.yaml:3: judgement_per_label: .*greater than or equal to 1 \(\+1 more\)$"):
+        AlignConfig.from_yaml(bad)
     broken = tmp_path / "broken.yaml"
     broken.write_text("eval: {suite: [\n")
     with pytest.raises(CadaError, match=r"broken.yaml:\d+: malformed YAML"):

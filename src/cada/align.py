@@ -56,9 +56,9 @@ class _Cfg(BaseModel):
 
 class PoolConfig(_Cfg):
     user_pool: str | None = None          # CSV/JSONL with prompt,label[,category]; default: the shipped pools
-    limit_per_label: int | None = None    # cap harmful and benign training prompts (CPU-sized runs)
-    heldout_per_label: int = 50
-    jailbreak_share: float = 0.25
+    limit_per_label: int | None = Field(None, ge=1)  # cap harmful and benign training prompts (CPU-sized runs)
+    heldout_per_label: int = Field(50, ge=0)
+    jailbreak_share: float = Field(0.25, ge=0, le=1)
 
 
 class GenConfig(_Cfg):
@@ -106,14 +106,14 @@ class AlignConfig(_Cfg):
     warmup: bool = True                   # SFT warm-up on precedent-grounded chains before DPO
     # prompts per label for the warm-up, drawn from the whole training pool (None: the self-generation pool);
     # harmful ones cost nothing (precedent-grounded refusals), benign ones one direct answer from the policy
-    warmup_per_label: int | None = None
+    warmup_per_label: int | None = Field(None, ge=1)
     # before the warm-up, SFT on the judgement alone ("This request is harmful." / "... benign."): in a warm-up
     # example the decision is one token among a hundred, and a small policy learns it far better on its own
     # (docs/training.md: held-back AUC 0.87 -> 0.99 on the embedded model). Prompts per label from the whole
     # training pool, always including the warm-up prompts (so at least warmup_per_label; None: the warm-up
     # prompts); each costs one short training example, no generation.
     judgement: bool = True
-    judgement_per_label: int | None = None
+    judgement_per_label: int | None = Field(None, ge=1)
     judgement_model: str | None = None    # a finished judgement stage to start the warm-up from (a study shares one)
     precedent_fallback: bool = True
     # DPO twins whose rejected side keeps the chosen analysis and swaps in the wrong answer, so the answer learns to

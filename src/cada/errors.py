@@ -23,13 +23,37 @@ def read_yaml_file(path) -> object:
 def validation_message(e, path=None) -> str:
     """One line for a pydantic ``ValidationError``: the first problem's field (with its file and line when the
     settings came from a YAML file) and how many more there are."""
-    errs = e.errors()
+    errs = _one_per_union(e.errors())
     first = errs[0]
-    loc = tuple(first["loc"])
+    loc = tuple(p for p in first["loc"] if not _type_tag(p))
     where = ".".join(map(str, loc)) or "settings"
     more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
     prefix = f"{path}:{yaml_line(path, loc)}: " if path is not None else ""
     return f"{prefix}{where}: {first['msg']}{more}"
+
+
+def _type_tag(part) -> bool:
+    """Whether a location part names a union member (``str``, ``list[EvalSet]``), not a field."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "none"})
+
+
+def _one_per_union(errs: list) -> list:
+    """Pydantic reports a value that fits no member of a union once per member, each location tagged with the
+    member's type. Keep the member that got furthest into the value: for a list given where a name or a list may
+    stand, the list's bad item, not "Input should be a valid string"."""
+    kept: list = []
+    where: dict = {}
+    for err in errs:
+        loc = tuple(err["loc"])
+        cut = next((i for i, p in enumerate(loc) if _type_tag(p)), None)
+        if cut is None:
+            kept.append(err)
+        elif loc[:cut] not in where:
+            where[loc[:cut]] = len(kept)
+            kept.append(err)
+        elif len(loc) > len(kept[where[loc[:cut]]]["loc"]):
+            kept[where[loc[:cut]]] = err
+    return kept
 
 
 def yaml_line(path, loc: tuple) -> int:

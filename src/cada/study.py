@@ -40,9 +40,9 @@ class EvalSet(_Cfg):
     prompt_column: str = "prompt"
     reference_column: str | None = None
     kind: Kind | None = None                  # required with ``file``
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1)
     attacks: list[str] = []                   # inthewild | prefix_injection | refusal_suppression
-    templates: int = 2                        # in-the-wild evaluation templates per prompt
+    templates: int = Field(2, ge=1)           # in-the-wild evaluation templates per prompt
     attack_file: str | None = None            # CSV of ready-made attack prompts (PAIR / GCG artifacts)
     attack_column: str = "prompt"
 
@@ -78,13 +78,13 @@ SUITES: dict[str, list[EvalSet]] = {
 
 class EvalCfg(_Cfg):
     suite: str | list[EvalSet] = "default"
-    max_new_tokens: int = 192
-    k: int = 6                                # precedents in the prompt for the base model's cases mode
-    batch_size: int = 16
+    max_new_tokens: int = Field(192, ge=1)
+    k: int = Field(6, ge=0)                   # precedents in the prompt for the base model's cases mode
+    batch_size: int = Field(16, ge=1)
     judge: Literal["refusal", "rubric"] = "refusal"
     judge_base_url: str | None = None         # rubric judge server (key: $CADA_JUDGE_API_KEY, else CADA_API_KEY)
     judge_model: str | None = None
-    loglik_n: int = 32                        # GSM8K reference answers scored for log-likelihood (0 = skip)
+    loglik_n: int = Field(32, ge=0)           # GSM8K reference answers scored for log-likelihood (0 = skip)
     # also answer the training pools' held-back prompts (harmful and benign, never trained on): the in-distribution
     # check of docs/training.md, reported apart from the benchmarks (heldout-harmful, heldout-benign)
     heldout: bool = False
@@ -109,9 +109,9 @@ class StudyConfig(_Cfg):
     arms: list[Literal["cada", "da", "sft-dr", "sft-sc", "sft-cr"]] = ["cada", "da"]
     rounds: int = Field(1, ge=1)
     warmup: bool = True
-    warmup_per_label: int | None = None
+    warmup_per_label: int | None = Field(None, ge=1)
     judgement: bool = True                    # SFT on the judgement alone before the warm-up (see AlignConfig)
-    judgement_per_label: int | None = None
+    judgement_per_label: int | None = Field(None, ge=1)
     precedent_fallback: bool = True
     consistency: bool = False                 # DPO twins: same analysis, wrong answer (see AlignConfig)
     calibration_per_label: int | None = Field(None, ge=1)  # DPO arms: a last pass on fresh prompts (AlignConfig)
