@@ -12,9 +12,9 @@ import pytest
 ENV = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
 
 
-def cada(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def cada(*args: str, timeout: int = 300, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cada.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+                          timeout=timeout, env=ENV, cwd=cwd)
 
 
 # every command, with one option of its own that its help must show
@@ -111,6 +111,14 @@ def test_bad_files_and_values_are_one_line_errors_before_anything_is_written(tmp
     # numbers that make no sense are refused by the option itself
     res = cada("eval", "--benchmark", "gsm8k", "--templates", "0", "-o", str(tmp_path / "e"))
     assert res.returncode == 2 and "--templates" in res.stderr
+    for args, flag in ((["generate", "--n", "0", "-o", "g.jsonl"], "--n"),  # it wrote an empty file, "records": 0
+                       (["generate", "--max-new-tokens", "0", "-o", "g.jsonl"], "--max-new-tokens"),
+                       (["eval", "--benchmark", "gsm8k", "--batch-size", "0", "-o", "e"], "--batch-size"),
+                       (["reason", "hello", "--temperature", "-1"], "--temperature"),
+                       (["align", "--n", "0", "-o", "a"], "--n")):
+        res = cada(*args, cwd=tmp_path)
+        assert res.returncode == 2 and flag in res.stderr, (args, res.stderr)
+    assert not {"g.jsonl", "e", "a"} & {p.name for p in tmp_path.iterdir()}
 
 
 @pytest.mark.parametrize("columns", ["80", None])  # None: piped, no COLUMNS (rich would draw 80 and cut names)

@@ -53,7 +53,7 @@ ApiKeyOpt = Annotated[Optional[str], typer.Option("--api-key", envvar="CADA_API_
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto (HTTP with --base-url, else local) | local | http "
                                          "| vllm (offline engine; pip install -e "
                                          f"'.{_VLLM_EXTRA}' in the cada checkout).")]
-TPOpt = Annotated[int, typer.Option("--tensor-parallel-size", help="GPUs for --backend vllm.")]
+TPOpt = Annotated[int, typer.Option("--tensor-parallel-size", min=1, help="GPUs for --backend vllm.")]
 JudgeUrlOpt = Annotated[Optional[str], typer.Option("--judge-base-url", "--base-url", envvar="CADA_JUDGE_BASE_URL",
                                                     help="OpenAI-compatible server of the rubric judge.")]
 JudgeModelOpt = Annotated[Optional[str], typer.Option("--judge-model", "--model", "-m",
@@ -61,7 +61,7 @@ JudgeModelOpt = Annotated[Optional[str], typer.Option("--judge-model", "--model"
 JudgeKeyOpt = Annotated[Optional[str], typer.Option("--judge-api-key", "--api-key", envvar="CADA_JUDGE_API_KEY",
                                                     show_default=False, help="API key of the judge server (better: "
                                                     "set CADA_JUDGE_API_KEY; else CADA_API_KEY is used).")]
-ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", help="Requests in flight over HTTP.")]
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", min=1, help="Requests in flight over HTTP.")]
 
 
 def _version(value: bool) -> None:
@@ -166,11 +166,11 @@ def reason(
     mode: Annotated[str, typer.Option("--mode", help="none (w/o SR) | codes (SR w S) | cases (SR w C).")] = "cases",
     model: ModelOpt = "smollm2-135m",
     spec: SpecOpt = None,
-    k: Annotated[int, typer.Option("--k", help="Precedents in the prompt for --mode cases: the k most similar "
-                                   "by embedding; 0 = all.")] = 6,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 256,
-    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    k: Annotated[int, typer.Option("--k", min=0, help="Precedents in the prompt for --mode cases: the k most "
+                                   "similar by embedding; 0 = all.")] = 6,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 256,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     base_url: BaseUrlOpt = None,
@@ -234,7 +234,7 @@ def judge_cmd(
     model: JudgeModelOpt = None,
     base_url: JudgeUrlOpt = None,
     api_key: JudgeKeyOpt = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Rubric judge requests in flight.")] = 8,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Rubric judge requests in flight.")] = 8,
 ) -> None:
     """Judge every row of a file: cada judge --input FILE --response-column COL --output OUT.jsonl."""
     if ctx.invoked_subcommand is not None:
@@ -325,10 +325,10 @@ def generate_cmd(
     mode: Annotated[str, typer.Option("--mode", help="cases (CADA) | codes (rules-only DA) | none.")] = "cases",
     model: ModelOpt = "smollm2-135m",
     spec: SpecOpt = None,
-    n: Annotated[int, typer.Option("--n", help="Chains per prompt.")] = 4,
-    k: Annotated[int, typer.Option("--k", help="Precedents in context (0 = all).")] = 6,
-    temperature: Annotated[float, typer.Option("--temperature")] = 0.9,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 192,
+    n: Annotated[int, typer.Option("--n", min=1, help="Chains per prompt.")] = 4,
+    k: Annotated[int, typer.Option("--k", min=0, help="Precedents in context (0 = all).")] = 6,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.9,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 192,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many prompts per label.")
                      ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -449,7 +449,7 @@ def align_cmd(
                                                  "prompt,label[,category]).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Training prompts per label (CPU-sized "
                                                  "runs).")] = None,
-    n: Annotated[Optional[int], typer.Option("--n", help="Chains per prompt.")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", min=1, help="Chains per prompt.")] = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="Regenerate with the trained policy and "
                                                   "train again.")] = None,
     warmup: Annotated[Optional[bool], typer.Option("--warmup/--no-warmup", help="SFT warm-up on "
@@ -535,8 +535,8 @@ def eval_cmd(
     attack_column: Annotated[str, typer.Option("--attack-column")] = "prompt",
     templates: Annotated[int, typer.Option("--templates", min=1, help="In-the-wild templates per prompt.")] = 2,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="First N prompts (before wrapping).")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 192,
-    k: Annotated[int, typer.Option("--k", help="Precedents in context for --mode cases (0 = all).")] = 6,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 192,
+    k: Annotated[int, typer.Option("--k", min=0, help="Precedents in context for --mode cases (0 = all).")] = 6,
     judge: Annotated[str, typer.Option("--judge", help="refusal (offline) | rubric (StrongREJECT rubric over "
                                        "--judge-base-url).")] = "refusal",
     judge_base_url: Annotated[Optional[str], typer.Option("--judge-base-url", envvar="CADA_JUDGE_BASE_URL",
@@ -547,7 +547,7 @@ def eval_cmd(
                                                          show_default=False, help="API key of the judge server "
                                                          "(better: set CADA_JUDGE_API_KEY; else CADA_API_KEY).")
                              ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
