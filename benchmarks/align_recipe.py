@@ -59,13 +59,11 @@ def _pipeline_unused(run: Path) -> list:
     seed."""
     import random
 
-    import yaml
-
     from cada.align import AlignConfig
     from cada.data import pools as P
     from cada.spec import load_spec
 
-    cfg = AlignConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
+    cfg = AlignConfig.from_yaml(run / "config.yaml")
     if cfg.pool.user_pool:
         raise SystemExit(f"{run}: a run on a user pool; unused prompts are drawn from the shipped pools only")
     spec = load_spec(cfg.spec)

@@ -366,7 +366,7 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model, capsys):
               f"calibration pass: SFT on {n['calibration/warmup.jsonl']} whole rows", "finished: the model is"]
     assert len(lines) == len(stages) + 1 and "arm cada" in lines[0], lines
     for line, stage in zip(lines[1:], stages):
-        assert line.startswith("cada align " + stage) and "(done, kept)" not in line, (line, stage)
+        assert line.startswith("cada align " + stage) and "(done, skipped)" not in line, (line, stage)
     assert Path(summary["model"]).joinpath("config.json").is_file()
     assert summary["pool"]["train"] == 4 and summary["pool"]["heldout"] == 4
     for f in ("config.yaml", "pool/train.jsonl", "pool/heldout.jsonl", "pool/warmup.jsonl", "round-1/records.jsonl",
@@ -418,9 +418,11 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model, capsys):
     ctime = (run / "calibration/model/config.json").stat().st_mtime
     again = align(cfg, run)  # resume: nothing is redone, and the log says so
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("cada align ")]
-    kept = [x for x in lines if "(done, kept)" in x]
-    assert [x.split(":")[0].split(" ->")[0] for x in kept] == [
-        "cada align round 1", "cada align round 1", "cada align round 1", "cada align calibration pass"], lines
+    skipped = [x.split(" -> ")[0] for x in lines if "(done, skipped)" in x]
+    assert skipped == ["cada align round 1: self-generation, 4 prompts x 2 chains (cases)",
+                       "cada align round 1: judgement stage and warm-up",
+                       f"cada align round 1: DPO on {n['round-1/pairs.jsonl']} pairs",
+                       "cada align calibration pass"], lines
     assert not any(" SFT on " in x or "answers to" in x for x in lines), lines
     assert (run / "round-1/train/model/config.json").stat().st_mtime == mtime
     assert (run / "round-1/judgement/model/config.json").stat().st_mtime == jtime
@@ -441,6 +443,7 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model, capsys):
     cjtime = (run / "calibration/judgement/model/config.json").stat().st_mtime
     shutil.rmtree(run / "calibration/model")
     align(cfg, run, show_progress=False)
+    assert "cada align" not in capsys.readouterr().err  # quiet when asked
     assert (run / "calibration/judgement/model/config.json").stat().st_mtime == cjtime
     assert (run / "calibration/model/config.json").is_file()
     assert (run / "round-1/train/model/config.json").stat().st_mtime == mtime

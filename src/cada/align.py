@@ -376,7 +376,8 @@ def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str,
             train(policy, encoded, jdir, _sft_config(c, cfg.seed))
         t = time.perf_counter()
         benign = [p for p in prompts if p.label == "benign"]
-        log(f"calibration pass: the base model's answers to {len(benign)} benign prompts -> {out / 'answers.jsonl'}")
+        log(f"calibration pass: the base model's answers to {len(benign)} benign prompts -> {out / 'answers.jsonl'}",
+            done=log.active and _answered(out / "answers.jsonl", benign))
         # the benign answers are the base model's own, as in the warm-up
         gen = make_generator(cfg.model, base_url=cfg.base_url, batch_size=cfg.generation.batch_size,
                              show_progress=show_progress)
@@ -400,7 +401,7 @@ def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str,
 class StageLog:
     """One line per stage on stderr: what runs, on how much, into which folder, and the minutes since the run
     started. The progress bars only count, so without these a long run's log does not say which stage it is in; a
-    stage a resumed run finds finished says so. Silent when ``show`` is false."""
+    stage a resumed run finds finished says so, as a study's stages do. Silent when ``show`` is false."""
 
     def __init__(self, show: bool = True):
         self.console, self.t0 = None, time.perf_counter()
@@ -409,14 +410,32 @@ class StageLog:
 
             self.console = Console(stderr=True, highlight=False)
 
+    @property
+    def active(self) -> bool:
+        return self.console is not None
+
     def __call__(self, text: str, *, done: bool = False) -> None:
         if self.console is None:
             return
         from rich.markup import escape
 
         minutes = (time.perf_counter() - self.t0) / 60
-        self.console.print(f"[bold]cada align[/] {escape(text)}{' (done, kept)' if done else ''}"
+        self.console.print(f"[bold]cada align[/] {escape(text)}{' (done, skipped)' if done else ''}"
                            f"  [dim]{minutes:.1f} min[/]", soft_wrap=True)
+
+
+def _generated(path: Path, prompts: list, n: int) -> bool:
+    """Whether ``path`` already holds ``n`` records for every prompt (what :func:`self_generate` would skip)."""
+    from collections import Counter
+
+    have = Counter(r.get("id") for r in read_records(path))
+    return all(have[p.id] >= n for p in prompts)
+
+
+def _answered(path: Path, prompts: list) -> bool:
+    """Whether ``path`` already holds an answer for every prompt (what :func:`direct_answers` would skip)."""
+    have = {r.get("id") for r in read_records(path)}
+    return all(p.id in have for p in prompts)
 
 
 def _trained_seconds(info: dict, **stages: Path) -> None:
@@ -517,7 +536,7 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                              batch_size=cfg.generation.batch_size, show_progress=show_progress)
         g = cfg.generation
         log(f"round {rnd}: self-generation, {len(train_prompts)} prompts x {g.n} chains ({mode}) -> "
-            f"{rdir / 'records.jsonl'}", done=len(read_records(rdir / "records.jsonl")) >= g.n * len(train_prompts))
+            f"{rdir / 'records.jsonl'}", done=log.active and _generated(rdir / "records.jsonl", train_prompts, g.n))
         records = self_generate(train_prompts, gen, spec, rdir / "records.jsonl",
                                 SelfGenConfig(mode=mode, n=g.n, k=g.k, temperature=g.temperature, top_p=g.top_p,
                                               max_new_tokens=g.max_new_tokens, seed=cfg.seed + 1000 * rnd),
@@ -533,7 +552,8 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         if method == "dpo" and cfg.warmup and rnd == 1:
             wpath = rdir / "warmup.jsonl"
             if (rdir / "warmup" / "model" / "config.json").exists():
-                log(f"round {rnd}: {'judgement stage and ' if cfg.judgement else ''}warm-up -> {rdir / 'warmup'}",
+                own_judgement = cfg.judgement and not cfg.judgement_model
+                log(f"round {rnd}: {'judgement stage and ' if own_judgement else ''}warm-up -> {rdir / 'warmup'}",
                     done=True)
             else:
                 wprompts = train_prompts
@@ -545,7 +565,7 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                     have = {r["id"] for r in records}
                     need = [p for p in wprompts if p.label == "benign" and p.id not in have]
                     log(f"round {rnd}: the policy's answers to {len(need)} more benign warm-up prompts -> "
-                        f"{rdir / 'answers.jsonl'}")
+                        f"{rdir / 'answers.jsonl'}", done=log.active and _answered(rdir / "answers.jsonl", need))
                     t2 = time.perf_counter()
                     answers = direct_answers(need, gen, rdir / "answers.jsonl", g.max_new_tokens,
                                              show_progress=show_progress)

@@ -450,21 +450,21 @@ def align_cmd(
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Training prompts per label (CPU-sized "
                                                  "runs).")] = None,
     n: Annotated[Optional[int], typer.Option("--n", min=1, help="Chains per prompt.")] = None,
-    rounds: Annotated[Optional[int], typer.Option("--rounds", help="Regenerate with the trained policy and "
+    rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Regenerate with the trained policy and "
                                                   "train again.")] = None,
     warmup: Annotated[Optional[bool], typer.Option("--warmup/--no-warmup", help="SFT warm-up on "
                                                    "precedent-grounded chains before DPO.")] = None,
     warmup_per_label: Annotated[Optional[int], typer.Option(
-        "--warmup-per-label", help="Warm-up prompts per label from the whole training pool (default: the "
+        "--warmup-per-label", min=1, help="Warm-up prompts per label from the whole training pool (default: the "
         "self-generation prompts).")] = None,
     judgement: Annotated[Optional[bool], typer.Option("--judgement/--no-judgement", help="Before the warm-up, SFT "
                                                       "on the judgement line alone (harmful or benign).")] = None,
     judgement_per_label: Annotated[Optional[int], typer.Option(
-        "--judgement-per-label", help="Judgement-stage prompts per label from the whole training pool, always "
-        "including the warm-up prompts (default: just those).")] = None,
+        "--judgement-per-label", min=1, help="Judgement-stage prompts per label from the whole training pool, "
+        "always including the warm-up prompts (default: just those).")] = None,
     calibration_per_label: Annotated[Optional[int], typer.Option(
-        "--calibration-per-label", help="After DPO, a last pass on this many fresh benign prompts and half as many "
-        "harmful ones (judgement lines and whole warm-up rows; off by default).")] = None,
+        "--calibration-per-label", min=1, help="After DPO, a last pass on this many fresh benign prompts and half "
+        "as many harmful ones (judgement lines and whole warm-up rows; off by default).")] = None,
     base_url: BaseUrlOpt = None,
 ) -> None:
     """Run one arm end to end: pools, self-generation, judged pairs/SFT set, training."""

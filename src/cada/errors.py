@@ -23,37 +23,53 @@ def read_yaml_file(path) -> object:
 def validation_message(e, path=None) -> str:
     """One line for a pydantic ``ValidationError``: the first problem's field (with its file and line when the
     settings came from a YAML file) and how many more there are."""
-    errs = _one_per_union(e.errors())
+    errs = _one_member_per_union(e.errors())
     first = errs[0]
-    loc = tuple(p for p in first["loc"] if not _type_tag(p))
+    loc = tuple(first["loc"])
     where = ".".join(map(str, loc)) or "settings"
     more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
     prefix = f"{path}:{yaml_line(path, loc)}: " if path is not None else ""
     return f"{prefix}{where}: {first['msg']}{more}"
 
 
-def _type_tag(part) -> bool:
-    """Whether a location part names a union member (``str``, ``list[EvalSet]``), not a field."""
+def _looks_like_type(part) -> bool:
     return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "none"})
 
 
-def _one_per_union(errs: list) -> list:
-    """Pydantic reports a value that fits no member of a union once per member, each location tagged with the
-    member's type. Keep the member that got furthest into the value: for a list given where a name or a list may
-    stand, the list's bad item, not "Input should be a valid string"."""
-    kept: list = []
-    where: dict = {}
-    for err in errs:
-        loc = tuple(err["loc"])
-        cut = next((i for i, p in enumerate(loc) if _type_tag(p)), None)
-        if cut is None:
-            kept.append(err)
-        elif loc[:cut] not in where:
-            where[loc[:cut]] = len(kept)
-            kept.append(err)
-        elif len(loc) > len(kept[where[loc[:cut]]]["loc"]):
-            kept[where[loc[:cut]]] = err
-    return kept
+def _one_member_per_union(errs: list) -> list:
+    """Pydantic reports a value that fits no member of a union once per member, each location naming the member's
+    type at the same position (``eval.suite.str`` and ``eval.suite.list[EvalSet].0.limit``). Keep the errors of the
+    member that got furthest into the value -- for a list given where a name or a list may stand, the list's bad
+    items, not "Input should be a valid string" -- with the member's name taken out of their locations. A part
+    counts as a member's name only where another error names another type at the same place, so a stray key
+    that merely looks like a type is still reported as itself."""
+    locs = [tuple(err["loc"]) for err in errs]
+
+    def member_at(loc: tuple) -> int | None:
+        for i, part in enumerate(loc):
+            if _looks_like_type(part) and any(o[:i] == loc[:i] and len(o) > i and o[i] != part
+                                              and _looks_like_type(o[i]) for o in locs):
+                return i
+        return None
+
+    order: list = []  # plain errors, and one slot per union (its location prefix)
+    unions: dict[tuple, dict[str, list]] = {}
+    for err, loc in zip(errs, locs):
+        i = member_at(loc)
+        if i is None:
+            order.append(err)
+            continue
+        if loc[:i] not in unions:
+            unions[loc[:i]] = {}
+            order.append(loc[:i])
+        unions[loc[:i]].setdefault(loc[i], []).append({**err, "loc": loc[:i] + loc[i + 1:]})
+    out: list = []
+    for item in order:
+        if isinstance(item, tuple):
+            out += max(unions[item].values(), key=lambda es: max(len(e["loc"]) for e in es))
+        else:
+            out.append(item)
+    return out
 
 
 def yaml_line(path, loc: tuple) -> int:
