@@ -208,6 +208,13 @@ def test_study_config_errors_name_the_file_and_field(tmp_path):
         bad.write_text(text)
         with pytest.raises(CadaError, match=r"bad.yaml" + where):
             StudyConfig.from_yaml(bad)
+    # every problem of the list counts; a stray key that looks like a type is still named as itself
+    bad.write_text("eval:\n  suite:\n    - {name: a, limit: -1}\n    - {name: b, bogus: 1}\n")
+    with pytest.raises(CadaError, match=r"bad.yaml:3: eval.suite.0.limit: .* \(\+1 more\)$"):
+        StudyConfig.from_yaml(bad)
+    bad.write_text("name: x\nstr: 1\n")
+    with pytest.raises(CadaError, match=r"bad.yaml:2: str: Extra inputs are not permitted$"):
+        StudyConfig.from_yaml(bad)
     from cada.align import AlignConfig
 
     bad.write_text("arm: cada\npool: {limit_per_label: -3}\njudgement_per_label: 0\n")
