@@ -224,8 +224,12 @@ def test_study_config_errors_name_the_file_and_field(tmp_path):
     broken.write_text("eval: {suite: [\n")
     with pytest.raises(CadaError, match=r"broken.yaml:\d+: malformed YAML"):
         StudyConfig.from_yaml(broken)
-    with pytest.raises(CadaError, match="unknown suite"):
-        StudyConfig.model_validate({"eval": {"suite": "nope"}}).eval.sets()
+    for text, needle in (("eval: {suite: nope}\n", ":1: eval.suite: Value error, unknown suite 'nope': use one of"),
+                         ("eval:\n  suite: 5\n", ":2: eval.suite: Value error, a suite name (")):
+        bad.write_text(text)
+        with pytest.raises(CadaError) as err:
+            StudyConfig.from_yaml(bad)
+        assert f"bad.yaml{needle}" in str(err.value) and "more)" not in str(err.value), str(err.value)
 
 
 def test_shipped_presets_load_and_use_only_evaluation_sets_for_evaluation():

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cada.align import AlignConfig, GenConfig, PoolConfig, TrainCfg, _Cfg
 from cada.errors import CadaError
@@ -89,12 +89,18 @@ class EvalCfg(_Cfg):
     # check of docs/training.md, reported apart from the benchmarks (heldout-harmful, heldout-benign)
     heldout: bool = False
 
+    @field_validator("suite", mode="before")
+    @classmethod
+    def _suite(cls, v):
+        # checked here, so a wrong name or shape is an error with the config's file and line before anything runs
+        if isinstance(v, str) and v not in SUITES:
+            raise ValueError(f"unknown suite {v!r}: use one of {', '.join(SUITES)} or a list of sets")
+        if not isinstance(v, (str, list)):
+            raise ValueError(f"a suite name ({', '.join(SUITES)}) or a list of sets")
+        return v
+
     def sets(self) -> list[EvalSet]:
-        if isinstance(self.suite, str):
-            if self.suite not in SUITES:
-                raise CadaError(f"unknown suite {self.suite!r}: use one of {', '.join(SUITES)} or a list of sets")
-            return SUITES[self.suite]
-        return self.suite
+        return SUITES[self.suite] if isinstance(self.suite, str) else self.suite
 
 
 class StudyConfig(_Cfg):
