@@ -82,7 +82,12 @@ def test_bad_files_and_values_are_one_line_errors_before_anything_is_written(tmp
     (tmp_path / "p.csv").write_text("prompt\nhello\n")
     (tmp_path / "mid.jsonl").write_text('{"id": "a", "sample": 0, "prompt": "x", "label": "benign"}\nnot json\n')
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "empty.csv").write_text("prompt,response\n")
     for args, needle in [
+        (["judge", "--input", "empty.csv", "-o", "j.jsonl"], "empty.csv: no rows to judge"),
+        (["eval", "--dataset", "empty.csv", "--kind", "benign", "-o", "e"], "empty.csv: no prompts to evaluate"),
+        # a bad pool leaves no run folder behind, so the fixed command is not refused as "another config"
+        (["align", "--pool", "empty.csv", "--model", "tiny-random", "-o", "a2"], "empty.csv: the pool is empty"),
         (["pairs", "--records", "mid.jsonl", "-o", "pairs.jsonl"], "mid.jsonl:2: not a JSON object"),
         (["study", "--config", "missing.yaml", "-o", "s"], "missing.yaml: config file not found"),
         (["train", "--config", "list.yaml", "--data", "p.csv", "-o", "t4"], "list.yaml: expected a mapping"),
@@ -106,8 +111,8 @@ def test_bad_files_and_values_are_one_line_errors_before_anything_is_written(tmp
         errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
         assert res.returncode == 1 and len(errors) == 1 and needle in errors[0], (args, res.stderr)
         assert "Traceback" not in res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.yaml", "mid.jsonl", "p.csv", "recs.jsonl",
-                                                          "text.jsonl", "torn.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.csv", "list.yaml", "mid.jsonl", "p.csv",
+                                                          "recs.jsonl", "text.jsonl", "torn.jsonl"]
     # numbers that make no sense are refused by the option itself
     res = cada("eval", "--benchmark", "gsm8k", "--templates", "0", "-o", str(tmp_path / "e"))
     assert res.returncode == 2 and "--templates" in res.stderr

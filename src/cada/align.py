@@ -506,17 +506,18 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                         "(leave it unset)")
     resolve_trainable(cfg.model)  # training needs local weights: a typo fails here, before any stage runs
     run = Path(output)
-    run.mkdir(parents=True, exist_ok=True)
     saved = run / "config.yaml"
     if saved.exists() and AlignConfig.from_yaml(saved) != cfg:
         raise CadaError(f"{saved}: this run folder was started with another config; use a new --output "
                         "or the same settings to resume")
-    saved.write_text(cfg.to_yaml())
     spec = load_spec(cfg.spec)
     mode, method, sft_arm = ARMS[cfg.arm]
     log = StageLog(show_progress)
     log(f"arm {cfg.arm}, policy {cfg.model} -> {run}")
     train_prompts, held_prompts, pool_report = prepare_pools(cfg, run, spec)
+    # saved once the pools load: a bad pool file must not pin the folder to the config that named it
+    run.mkdir(parents=True, exist_ok=True)
+    saved.write_text(cfg.to_yaml())
     log(f"pools: {len(train_prompts)} self-generation prompts, {len(held_prompts)} held back -> {run / 'pool'}")
     summary: dict = {"arm": cfg.arm, "base_model": cfg.model, "pool": {k: pool_report.get(k) for k in
                                                                       ("train", "heldout",

@@ -603,7 +603,7 @@ def eval_cmd(
     loaded = [(s, eval_items(s)) for s in sets]
     for s, items in loaded:
         if not items:
-            raise CadaError(f"{s.name}: no prompts to evaluate")
+            raise CadaError(f"{s.file or s.name}: no prompts to evaluate")
     s = load_spec(spec)
     gen = make_generator(model, base_url=base_url, api_key=api_key, batch_size=batch_size, backend=backend,
                          tensor_parallel_size=tensor_parallel_size, concurrency=concurrency)

@@ -54,6 +54,8 @@ def judge_file(input: str | Path, output: str | Path, *, judge: str = "refusal",
         raise CadaError(f"--judge {judge!r}: use {' or '.join(JUDGES)}")
     path = Path(input)
     rows = read_rows(path)
+    if not rows:
+        raise CadaError(f"{path}: no rows to judge")
     responses = _responses(rows, response_column, path, final_only)
     prompts = _texts(rows, prompt_column, path)
     if judge == "refusal":
