@@ -185,7 +185,7 @@ def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path,
     monkeypatch.delenv("CADA_BASE_URL")
 
     # a different config for the same folder is refused instead of mixing two studies
-    with pytest.raises(CadaError, match="another config"):
+    with pytest.raises(CadaError, match=r"another config \(seed: 0 -> 1\); use a new --output"):
         run_study(cfg.model_copy(update={"seed": 1}), out, show_progress=False)
 
 

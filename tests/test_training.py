@@ -447,8 +447,11 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model, capsys):
     assert (run / "calibration/judgement/model/config.json").stat().st_mtime == cjtime
     assert (run / "calibration/model/config.json").is_file()
     assert (run / "round-1/train/model/config.json").stat().st_mtime == mtime
-    with pytest.raises(CadaError, match="another config"):
+    with pytest.raises(CadaError, match=r"another config \(seed: 0 -> 1\); use a new --output"):
         align(cfg.model_copy(update={"seed": 1}), run, show_progress=False)
+    changed = cfg.model_copy(update={"pool": cfg.pool.model_copy(update={"limit_per_label": 3}), "rounds": 2})
+    with pytest.raises(CadaError, match=r"another config \(rounds: 1 -> 2; pool.limit_per_label: 2 -> 3\)"):
+        align(changed, run, show_progress=False)
     with pytest.raises(CadaError, match="calibration pass follows DPO"):
         align(cfg.model_copy(update={"arm": "sft-dr"}), tmp_path / "sft", show_progress=False)
     with pytest.raises(CadaError, match="too few benign prompts"):

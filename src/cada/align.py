@@ -40,6 +40,25 @@ class _Cfg(BaseModel):
     def _check_source(cls, data, path) -> None:
         """A hook for a one-line error before validation (e.g. a config of the wrong kind)."""
 
+    def differences(self, other: "_Cfg", most: int = 3) -> str:
+        """The settings where ``other`` differs from this config, as ``field: old -> new`` (dotted paths; the
+        first ``most``, then how many more), for an error that says what changed."""
+        def flat(d, prefix=""):
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    yield from flat(v, f"{prefix}{k}.")
+                else:
+                    yield f"{prefix}{k}", v
+
+        def short(v) -> str:
+            text = repr(v)
+            return text if len(text) <= 60 else text[:57] + "..."
+
+        mine, theirs = dict(flat(self.model_dump(mode="json"))), dict(flat(other.model_dump(mode="json")))
+        diff = [f"{k}: {short(mine.get(k))} -> {short(theirs.get(k))}" for k in {**mine, **theirs}
+                if mine.get(k) != theirs.get(k)]
+        return "; ".join(diff[:most]) + (f" (+{len(diff) - most} more)" if len(diff) > most else "")
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> "_Cfg":
         from pydantic import ValidationError
@@ -507,9 +526,9 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
     resolve_trainable(cfg.model)  # training needs local weights: a typo fails here, before any stage runs
     run = Path(output)
     saved = run / "config.yaml"
-    if saved.exists() and AlignConfig.from_yaml(saved) != cfg:
-        raise CadaError(f"{saved}: this run folder was started with another config; use a new --output "
-                        "or the same settings to resume")
+    if saved.exists() and (before := AlignConfig.from_yaml(saved)) != cfg:
+        raise CadaError(f"{saved}: this run folder was started with another config ({before.differences(cfg)}); "
+                        "use a new --output or the same settings to resume")
     spec = load_spec(cfg.spec)
     mode, method, sft_arm = ARMS[cfg.arm]
     log = StageLog(show_progress)

@@ -328,8 +328,8 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
         except Exception:
             raise CadaError(f"{saved}: unreadable study config; use a new --output") from None
         if before != cfg:
-            raise CadaError(f"{saved}: this study folder was started with another config; use a new --output "
-                            "or the same settings to resume")
+            raise CadaError(f"{saved}: this study folder was started with another config "
+                            f"({before.differences(cfg)}); use a new --output or the same settings to resume")
     saved.write_text(cfg.to_yaml())
     t_start = time.perf_counter()
     # a resumed study adds this session's time to the earlier sessions' (their summary is written as it goes)
