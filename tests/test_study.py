@@ -191,30 +191,29 @@ def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path,
 
 def test_study_config_errors_name_the_file_and_field(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("arms: [cada, nonsense]\n")
-    with pytest.raises(CadaError, match=r"bad.yaml:1: arms.1"):
-        StudyConfig.from_yaml(bad)
-    # a nested field: its own line, and how many more problems there are
-    bad.write_text("name: x\ntrain:\n  epochs: 1\n  lora_r: many\nbogus: 1\n")
-    with pytest.raises(CadaError, match=r"bad.yaml:4: train.lora_r: .*integer.* \(\+1 more\)$"):
-        StudyConfig.from_yaml(bad)
-    # sizes out of range are refused before anything runs (a negative limit used to slice the pool from the end)
-    for text, where in (("pool:\n  limit_per_label: -3\n", ":2: pool.limit_per_label: .*greater than or equal to 1"),
-                        ("pool: {jailbreak_share: 1.5}\n", ":1: pool.jailbreak_share: .*less than or equal to 1"),
-                        ("warmup_per_label: 0\n", ":1: warmup_per_label: .*greater than or equal to 1"),
-                        ("eval:\n  max_new_tokens: 0\n", ":2: eval.max_new_tokens: .*greater than or equal to 1"),
-                        ("eval:\n  suite:\n    - {name: xstest-safe, limit: -1}\n",
-                         r":3: eval.suite.0.limit: Input should be greater than or equal to 1$")):
+    for text, where in (
+        ("arms: [cada, nonsense]\n", ":1: arms.1"),
+        # a nested field: its own line, and how many more problems there are
+        ("name: x\ntrain:\n  epochs: 1\n  lora_r: many\nbogus: 1\n", r":4: train.lora_r: .*integer.* \(\+1 more\)$"),
+        # sizes out of range are refused before anything runs (a negative limit used to slice the pool from the end)
+        ("pool:\n  limit_per_label: -3\n", ":2: pool.limit_per_label: .*greater than or equal to 1"),
+        ("pool: {jailbreak_share: 1.5}\n", ":1: pool.jailbreak_share: .*less than or equal to 1"),
+        ("warmup_per_label: 0\n", ":1: warmup_per_label: .*greater than or equal to 1"),
+        ("eval:\n  max_new_tokens: 0\n", ":2: eval.max_new_tokens: .*greater than or equal to 1"),
+        ("eval:\n  suite:\n    - {name: xstest-safe, limit: -1}\n",
+         ":3: eval.suite.0.limit: Input should be greater than or equal to 1$"),
+        # every problem of the list counts; a stray key that looks like a type is still named as itself
+        ("eval:\n  suite:\n    - {name: a, limit: -1}\n    - {name: b, bogus: 1}\n",
+         r":3: eval.suite.0.limit: .* \(\+1 more\)$"),
+        ("name: x\nstr: 1\n", ":2: str: Extra inputs are not permitted$"),
+        # a suite's name and shape are checked when the config loads
+        ("eval: {suite: nope}\n",
+         ":1: eval.suite: Value error, unknown suite 'nope': use one of .* or a list of sets$"),
+        ("eval:\n  suite: 5\n", r":2: eval.suite: Value error, a suite name \(.*\) or a list of sets$"),
+    ):
         bad.write_text(text)
         with pytest.raises(CadaError, match=r"bad.yaml" + where):
             StudyConfig.from_yaml(bad)
-    # every problem of the list counts; a stray key that looks like a type is still named as itself
-    bad.write_text("eval:\n  suite:\n    - {name: a, limit: -1}\n    - {name: b, bogus: 1}\n")
-    with pytest.raises(CadaError, match=r"bad.yaml:3: eval.suite.0.limit: .* \(\+1 more\)$"):
-        StudyConfig.from_yaml(bad)
-    bad.write_text("name: x\nstr: 1\n")
-    with pytest.raises(CadaError, match=r"bad.yaml:2: str: Extra inputs are not permitted$"):
-        StudyConfig.from_yaml(bad)
     from cada.align import AlignConfig
 
     bad.write_text("arm: cada\npool: {limit_per_label: -3}\njudgement_per_label: 0\n")
@@ -224,12 +223,6 @@ def test_study_config_errors_name_the_file_and_field(tmp_path):
     broken.write_text("eval: {suite: [\n")
     with pytest.raises(CadaError, match=r"broken.yaml:\d+: malformed YAML"):
         StudyConfig.from_yaml(broken)
-    for text, needle in (("eval: {suite: nope}\n", ":1: eval.suite: Value error, unknown suite 'nope': use one of"),
-                         ("eval:\n  suite: 5\n", ":2: eval.suite: Value error, a suite name (")):
-        bad.write_text(text)
-        with pytest.raises(CadaError) as err:
-            StudyConfig.from_yaml(bad)
-        assert f"bad.yaml{needle}" in str(err.value) and "more)" not in str(err.value), str(err.value)
 
 
 def test_shipped_presets_load_and_use_only_evaluation_sets_for_evaluation():
