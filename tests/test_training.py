@@ -438,6 +438,18 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model, capsys):
     assert resumed["generation_seconds"] >= first["generation_seconds"] > 0
     assert again["calibration"]["warmup_seconds"] == summary["calibration"]["warmup_seconds"] > 0
     assert again["calibration"]["answer_seconds"] == summary["calibration"]["answer_seconds"]
+    # killed while saving the last model: config.json is written before the weights, so the stage counts as done
+    # only once train_info.json (written last) exists; the resume trains it again, and nothing before it
+    (run / "calibration/train_info.json").unlink()
+    (run / "calibration/model/model.safetensors").write_bytes(b"")
+    third = align(cfg, run)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("cada align ")]
+    assert [x.split(" -> ")[0] for x in lines if "(done, skipped)" in x] == skipped[:3] + [
+        "cada align calibration pass, decision lines",
+        "cada align calibration pass: the base model's answers to 4 benign prompts"], lines
+    assert any(x.startswith("cada align calibration pass: SFT on ") and "whole rows" in x for x in lines), lines
+    assert (run / "calibration/model/model.safetensors").stat().st_size > 0
+    assert third["model"] == summary["model"] and (run / "calibration/train_info.json").is_file()
     assert again["seconds"] > summary["seconds"]
     # killed between its two epochs: the calibration pass keeps its judgement model and trains the rest
     cjtime = (run / "calibration/judgement/model/config.json").stat().st_mtime

@@ -370,21 +370,21 @@ def train_calibration(cfg: AlignConfig, run: Path, policy: str, spec, mode: str,
     model's own answer and the first half of the harmful ones -- into ``run/calibration/model``."""
     from cada.data.pools import read_pool
     from cada.models.generate import make_generator
-    from cada.train import train
+    from cada.train import finished, train
 
     out = run / "calibration"
     model_dir, jdir = out / "model", out / "judgement"
     c = cfg.calibration_train
     info: dict = {}
     log = log or StageLog(False)
-    if (model_dir / "config.json").exists():
+    if finished(out):
         log(f"calibration pass -> {model_dir}", done=True)
     else:
         prompts = read_pool(run / "pool" / "calibration.jsonl")
         if not prompts:
             raise CadaError(f"{run / 'pool' / 'calibration.jsonl'}: no prompt for the calibration pass (the pool "
                             "is too small); lower calibration_per_label or turn it off")
-        if (jdir / "model" / "config.json").exists():
+        if finished(jdir):
             log(f"calibration pass, decision lines -> {jdir}", done=True)
         else:
             # the judgement lines at the judgement stage's length: a long jailbreak-wrapped prompt trained on the
@@ -490,11 +490,11 @@ def _sft_config(c: TrainCfg, seed: int):
 def train_judgement(cfg: AlignConfig, prompts: list, policy: str, out: Path, *, log: StageLog | None = None
                     ) -> dict:
     """SFT ``policy`` on the judgement line of ``prompts`` into ``out/model`` (a finished one is reused)."""
-    from cada.train import train
+    from cada.train import finished, train
 
     log = log or StageLog(False)
     info: dict = {}
-    if (out / "model" / "config.json").exists():
+    if finished(out):
         log(f"judgement stage -> {out}", done=True)
     else:
         j = cfg.judgement_train
@@ -516,7 +516,7 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
     from cada.pairs import dpo_pairs, sft_set
     from cada.selfgen import SelfGenConfig, self_generate, summarize
     from cada.spec.schema import load_spec
-    from cada.train import TrainConfig, train
+    from cada.train import TrainConfig, finished, train
 
     from cada.models.load import resolve_trainable
 
@@ -571,7 +571,7 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         start_model = policy
         if method == "dpo" and cfg.warmup and rnd == 1:
             wpath = rdir / "warmup.jsonl"
-            if (rdir / "warmup" / "model" / "config.json").exists():
+            if finished(rdir / "warmup"):
                 own_judgement = cfg.judgement and not cfg.judgement_model
                 log(f"round {rnd}: {'judgement stage and ' if own_judgement else ''}warm-up -> {rdir / 'warmup'}",
                     done=True)
@@ -621,7 +621,7 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         info["dataset"] = stats
         model_dir = rdir / "train" / "model"
         what = f"round {rnd}: {method.upper()} on {len(rows)} {'pairs' if method == 'dpo' else 'rows'}"
-        if (model_dir / "config.json").exists():
+        if finished(rdir / "train"):
             log(f"{what} -> {rdir / 'train'}", done=True)
         else:
             log(f"{what} -> {rdir / 'train'}")

@@ -421,11 +421,12 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     judgement_model = None
     if cfg.shared_judgement:
         from cada.align import judgement_prompts, train_judgement
+        from cada.train import finished
 
         jdir = out / "judgement"
         training["judgement"] = clock.run(
             "train judgement", lambda: train_judgement(first, judgement_prompts(first, out), cfg.model, jdir),
-            cached=(jdir / "model" / "config.json").exists())
+            cached=finished(jdir))
         judgement_model = str(jdir / "model")
 
     # 4. each arm: align into arms/<arm> (sharing the pool), then evaluate without the spec in the prompt

@@ -202,6 +202,15 @@ def check_rows(path: Path, method: str) -> None:
                             f"{', '.join(sorted(row)) or 'no fields'}")
 
 
+def finished(output: str | Path) -> bool:
+    """Whether a training run into ``output`` finished. ``train_info.json`` is written after the model, so a run
+    killed while saving its weights (``config.json`` is written before them) is not taken for a finished one, and
+    a run whose model folder was deleted trains again."""
+    output = Path(output)
+    return (output / "train_info.json").exists() and any(
+        (output / d / f).exists() for d, f in (("model", "config.json"), ("adapter", "adapter_config.json")))
+
+
 def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfig(), *,
           trust_remote_code: bool = False, reward_funcs=None) -> Path:
     """Train ``model`` on ``data`` (JSONL path or rows) with ``config.method``; returns ``<output>/model``.
@@ -223,6 +232,7 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
                         "`accelerate launch --config_file configs/accelerate/ddp.yaml -m cada.cli train ...`, or "
                         "make one visible (CUDA_VISIBLE_DEVICES=0), e.g. for `cada align` and `cada study`")
     output.mkdir(parents=True, exist_ok=True)
+    (output / "train_info.json").unlink(missing_ok=True)  # the run is finished again only once its model is saved
     if len(dataset) == 0:
         raise CadaError("the training set is empty: nothing to train on")
     from cada.models.load import release_models
