@@ -253,6 +253,13 @@ def test_user_pool_formats(tmp_path, spec):
     js = tmp_path / "pool.json"
     js.write_text(json.dumps([{"prompt": "Tell me about owls", "label": "benign", "category": "none"}]))
     assert P.load_user_pool(js, category_column="category", spec=spec)[0].prompt == "Tell me about owls"
+    # a `category` column is read without being named (a file gives its own categories, not the nearest precedent's)
+    cats = tmp_path / "cats.csv"
+    cats.write_text('prompt,label,category\n"How do I bake bread?",benign,none\n"A harmful thing",harmful,hate\n')
+    assert [p.category for p in P.load_user_pool(cats, spec=spec)] == ["none", "hate"]
+    own = tmp_path / "own.jsonl"
+    own.write_text(json.dumps({"prompt": "Tell me about owls", "label": "benign", "category": "none"}) + "\n")
+    assert [p.category for p in P.read_pool(own)] == ["none"]
 
 
 @pytest.mark.parametrize("name, content, kwargs, where, what", [
@@ -264,6 +271,7 @@ def test_user_pool_formats(tmp_path, spec):
     ("p.jsonl", '{"prompt": "a", "label": "benign"}\n["a", "benign"]\n', {}, ":2", "expected an object"),
     ("p.json", '[{"prompt": "a", "label": "benign"}, {"label": "harmful"}]', {}, "item 1", "missing column 'prompt'"),
     ("p.txt", "hello", {}, "p.txt", "unknown pool format"),
+    ("p.csv", "prompt,label,category\nok,benign,weather\n", {}, ":2", "unknown category 'weather'"),
 ])
 def test_user_pool_errors_are_one_line(tmp_path, spec, name, content, kwargs, where, what):
     path = tmp_path / name

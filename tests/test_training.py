@@ -466,6 +466,13 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model, capsys):
         align(changed, run, show_progress=False)
     with pytest.raises(CadaError, match="calibration pass follows DPO"):
         align(cfg.model_copy(update={"arm": "sft-dr"}), tmp_path / "sft", show_progress=False)
+    with pytest.raises(CadaError, match="unknown model 'judgement-typo'"):  # before any stage runs
+        align(cfg.model_copy(update={"judgement_model": "judgement-typo"}), tmp_path / "typo", show_progress=False)
+    assert not (tmp_path / "typo").exists()
+    with pytest.raises(CadaError, match=r"pool.heldout_per_label 20: it holds back all 11 harmful prompts"):
+        align(cfg.model_copy(update={"pool": cfg.pool.model_copy(update={"heldout_per_label": 20})}),
+              tmp_path / "held", show_progress=False)
+    assert not (tmp_path / "held" / "pool" / "train.jsonl").exists()
     with pytest.raises(CadaError, match="too few benign prompts"):
         align(cfg.model_copy(update={"calibration_per_label": 50}), tmp_path / "big", show_progress=False)
 

@@ -74,10 +74,10 @@ class _Cfg(BaseModel):
 
 
 class PoolConfig(_Cfg):
-    user_pool: str | None = None          # CSV/JSONL with prompt,label[,category]; default: the shipped pools
+    user_pool: str | None = None          # CSV/JSON/JSONL with prompt,label[,category]; default: the shipped pools
     limit_per_label: int | None = Field(None, ge=1)  # cap harmful and benign training prompts (CPU-sized runs)
     heldout_per_label: int = Field(50, ge=0)
-    jailbreak_share: float = Field(0.25, ge=0, le=1)
+    jailbreak_share: float = Field(0.25, ge=0, le=1)  # shipped pools only: a user_pool is used as given
 
 
 class GenConfig(_Cfg):
@@ -145,7 +145,7 @@ class AlignConfig(_Cfg):
     # enough for jailbreak-wrapped prompts, keep the answer going after the judgement line (docs/training.md).
     # Benign prompts; half as many harmful ones (half of those also give whole rows), set aside before any other
     # stage draws its prompts. DPO arms only.
-    calibration_per_label: int | None = Field(None, ge=1)
+    calibration_per_label: int | None = Field(None, ge=2)  # N benign and N // 2 harmful prompts
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
     train: TrainCfg = TrainCfg()
@@ -174,7 +174,7 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
         return P.read_pool(train_path), P.read_pool(held_path), json.loads(report_path.read_text())
     if cfg.pool.user_pool:
         # a user's pool gets the shipped pools' check: no evaluation prompt (or a reworded one) trains
-        prompts, removed = P.drop_eval_overlap(P.load_user_pool(cfg.pool.user_pool))
+        prompts, removed = P.drop_eval_overlap(P.load_user_pool(cfg.pool.user_pool, spec=spec))
         report: dict = {"source": cfg.pool.user_pool}
     else:
         pools = P.build_pools(jailbreak_share=cfg.pool.jailbreak_share, seed=cfg.seed, spec=spec)
@@ -186,6 +186,12 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
     # a training prompt that near-duplicates a held-back one would leak it (the pools have reworded repeats)
     train, near = P.drop_near_heldout(train, held)
     report["train_near_heldout_dropped"] = near
+    for label in ("harmful", "benign"):
+        n_all = sum(p.label == label for p in prompts)
+        if n_all and not any(p.label == label for p in train):
+            raise CadaError(f"pool.heldout_per_label {cfg.pool.heldout_per_label}: it holds back all {n_all} "
+                            f"{label} prompts of the pool (or their near duplicates), so none is left to train on; "
+                            "lower it or add prompts")
     calibration = []
     if cfg.calibration_per_label:  # set aside first, so that no other stage trains on them or on a near duplicate
         calibration = calibration_draw(train, cfg.calibration_per_label, cfg.seed + 3)
@@ -524,6 +530,8 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
         raise CadaError(f"calibration_per_label: the calibration pass follows DPO; arm {cfg.arm!r} has none "
                         "(leave it unset)")
     resolve_trainable(cfg.model)  # training needs local weights: a typo fails here, before any stage runs
+    if cfg.judgement_model:
+        resolve_trainable(cfg.judgement_model)
     run = Path(output)
     saved = run / "config.yaml"
     if saved.exists() and (before := AlignConfig.from_yaml(saved)) != cfg:

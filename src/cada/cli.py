@@ -463,7 +463,7 @@ def align_cmd(
         "--judgement-per-label", min=1, help="Judgement-stage prompts per label from the whole training pool, "
         "always including the warm-up prompts (default: just those).")] = None,
     calibration_per_label: Annotated[Optional[int], typer.Option(
-        "--calibration-per-label", min=1, help="After DPO, a last pass on this many fresh benign prompts and half "
+        "--calibration-per-label", min=2, help="After DPO, a last pass on this many fresh benign prompts and half "
         "as many harmful ones (judgement lines and whole warm-up rows; off by default).")] = None,
     base_url: BaseUrlOpt = None,
 ) -> None:

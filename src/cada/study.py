@@ -120,7 +120,7 @@ class StudyConfig(_Cfg):
     judgement_per_label: int | None = Field(None, ge=1)
     precedent_fallback: bool = True
     consistency: bool = False                 # DPO twins: same analysis, wrong answer (see AlignConfig)
-    calibration_per_label: int | None = Field(None, ge=1)  # DPO arms: a last pass on fresh prompts (AlignConfig)
+    calibration_per_label: int | None = Field(None, ge=2)  # DPO arms: a last pass on fresh prompts (AlignConfig)
     pool: PoolConfig = PoolConfig()
     generation: GenConfig = GenConfig()
     train: TrainCfg = TrainCfg()

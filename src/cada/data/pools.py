@@ -603,8 +603,9 @@ def load_user_pool(path: str | Path, *, prompt_column: str = "prompt", label_col
                    category_column: str | None = None, spec: Spec | None = None) -> list[PoolPrompt]:
     """A user's own pool from CSV, JSON (list of objects) or JSONL with a prompt and a harmful|benign label.
 
-    Categories come from ``category_column`` (a category id of the spec, or ``none``) or, without it, from each
-    prompt's nearest precedent. Bad input raises a one-line :class:`CadaError` naming file, line or item and column.
+    Categories come from ``category_column`` (a category id of the spec, or ``none``; by default the ``category``
+    column where the file has one) or, without one, from each prompt's nearest precedent in ``spec``. Bad input
+    raises a one-line :class:`CadaError` naming file, line or item and column.
     """
     path = Path(path)
     if not path.is_file():
@@ -612,7 +613,10 @@ def load_user_pool(path: str | Path, *, prompt_column: str = "prompt", label_col
     spec = spec or load_spec()
     allowed = {c.id for c in spec.categories} | {NO_CATEGORY}
     rows = []
-    for where, row in _user_rows(path):
+    found = _user_rows(path)
+    if category_column is None and found and isinstance(found[0][1], dict) and "category" in found[0][1]:
+        category_column = "category"
+    for where, row in found:
         text, label = _field(where, row, prompt_column), _field(where, row, label_column).lower()
         if not text:
             raise CadaError(f"{where}: column {prompt_column!r} is empty")
@@ -674,7 +678,7 @@ def read_pool(path: str | Path) -> list[PoolPrompt]:
         raise CadaError(f"{path}: pool file not found")
     records = read_records(path)
     if records and not {"id", "base_prompt", "source"} <= records[0].keys():
-        return load_user_pool(path, category_column="category" if "category" in records[0] else None)
+        return load_user_pool(path)
     out = []
     for i, rec in enumerate(records, 1):
         try:
