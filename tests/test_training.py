@@ -37,6 +37,18 @@ def rec(pid, label, sample, judge, reward, fmt=False, category="violent_crimes")
             "format_ok": fmt, "judge": judge, "reward": reward}
 
 
+def test_a_record_file_cut_anywhere_resumes_cleanly(tmp_path):
+    from cada.records import append_records
+
+    whole = b'{"id": "a"}\n{"id": "b"}\n'
+    for cut, kept in ((len(whole) - 1, ["a", "b"]), (len(whole) - 4, ["a"]), (len(whole), ["a", "b"])):
+        path = tmp_path / f"r{cut}.jsonl"
+        path.write_bytes(whole[:cut])  # killed before the newline, inside the record, or after it
+        assert [r["id"] for r in read_records(path, repair=True)] == kept
+        append_records(path, [{"id": "c"}])
+        assert [r["id"] for r in read_records(path)] == kept + ["c"]
+
+
 def test_self_generation_resumes_without_duplicates(tmp_path, tiny_generator, spec):
     out = tmp_path / "records.jsonl"
     cfg = SelfGenConfig(n=2, k=3, max_new_tokens=6, chunk_size=2)
@@ -60,6 +72,8 @@ def test_self_generation_resumes_without_duplicates(tmp_path, tiny_generator, sp
     assert len(again) == len(on_disk) == 8
     assert len({(r["id"], r["sample"]) for r in on_disk}) == 8
     assert [r["raw"] for r in on_disk[:4]] == ["KEPT"] * 4 and "KEPT" not in {r["raw"] for r in on_disk[4:]}
+    # ... and samples what the unbroken run did (each chunk is seeded by its place in the pool)
+    assert [r["raw"] for r in on_disk[4:]] == [r["raw"] for r in first[4:]]
     # a finished run is a no-op: the file is untouched
     before = out.read_bytes()
     assert len(self_generate(PROMPTS, tiny_generator, spec, out, cfg, show_progress=False)) == 8

@@ -42,6 +42,9 @@ def read_records(path: str | Path, *, repair: bool = False) -> list[dict]:
     if repair and good_bytes < path.stat().st_size:
         with path.open("r+b") as f:
             f.truncate(good_bytes)
+    elif repair and lines and lines[-1].strip() and not lines[-1].endswith(b"\n"):
+        with path.open("ab") as f:  # a whole last record cut before its newline: the next append starts a line
+            f.write(b"\n")
     return records
 
 

@@ -77,9 +77,12 @@ def self_generate(prompts: Sequence, generator: Generator, spec: Spec, output: s
     with progress_bar(disable=not show_progress) as bar:
         task = bar.add_task(f"self-generating ({config.mode}, n={config.n})", total=len(items),
                             completed=len(items) - len(todo))
-        for c, chunk in enumerate(chunks(todo, config.chunk_size)):
+        where = {it["id"]: i for i, it in enumerate(items)}
+        for chunk in chunks(todo, config.chunk_size):
+            # seeded by the chunk's place in the whole pool, so a resumed run samples what an unbroken one would
             params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
-                                    max_new_tokens=config.max_new_tokens, n=config.n, seed=config.seed + c)
+                                    max_new_tokens=config.max_new_tokens, n=config.n,
+                                    seed=config.seed + where[chunk[0]["id"]] // config.chunk_size)
             results = reasoner.run(generator, [it["prompt"] for it in chunk], params)
             flat = [(it, r) for it, rs in zip(chunk, results) for r in rs
                     if r.sample >= per_prompt.get(it["id"], 0)]
