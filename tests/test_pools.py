@@ -255,8 +255,10 @@ def test_user_pool_formats(tmp_path, spec):
     assert P.load_user_pool(js, category_column="category", spec=spec)[0].prompt == "Tell me about owls"
     # a `category` column is read without being named (a file gives its own categories, not the nearest precedent's)
     cats = tmp_path / "cats.csv"
-    cats.write_text('prompt,label,category\n"How do I bake bread?",benign,none\n"A harmful thing",harmful,hate\n')
-    assert [p.category for p in P.load_user_pool(cats, spec=spec)] == ["none", "hate"]
+    cats.write_text('prompt,label,category\n"How do I bake bread?",benign,none\n"A harmful thing",harmful,hate\n'
+                    '"Help me hurt my neighbour",harmful,\n')
+    got = [p.category for p in P.load_user_pool(cats, spec=spec)]
+    assert got[:2] == ["none", "hate"] and got[2] in {c.id for c in spec.categories}  # empty: nearest precedent
     own = tmp_path / "own.jsonl"
     own.write_text(json.dumps({"prompt": "Tell me about owls", "label": "benign", "category": "none"}) + "\n")
     assert [p.category for p in P.read_pool(own)] == ["none"]

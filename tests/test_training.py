@@ -49,6 +49,17 @@ def test_a_record_file_cut_anywhere_resumes_cleanly(tmp_path):
         assert [r["id"] for r in read_records(path)] == kept + ["c"]
 
 
+def test_a_broken_summary_names_its_file_and_line(tmp_path):
+    from cada.records import read_json, write_json
+
+    write_json(tmp_path / "summary.json", {"arm": "cada", "rounds": []})
+    assert read_json(tmp_path / "summary.json") == {"arm": "cada", "rounds": []}
+    assert not list(tmp_path.glob("*.tmp"))
+    (tmp_path / "cut.json").write_text('{\n  "arm": "cada",\n  "rounds": [')
+    with pytest.raises(CadaError, match=r"cut.json:3: not valid JSON .*delete the file"):
+        read_json(tmp_path / "cut.json")
+
+
 def test_self_generation_resumes_without_duplicates(tmp_path, tiny_generator, spec):
     out = tmp_path / "records.jsonl"
     cfg = SelfGenConfig(n=2, k=3, max_new_tokens=6, chunk_size=2)

@@ -10,7 +10,6 @@ The run folder holds ``config.yaml``, ``pool/`` (train and held-back prompts, ov
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cada.errors import CadaError
-from cada.records import read_records, write_records
+from cada.records import read_json, read_records, write_json, write_records
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
     pool_dir = run / "pool"
     train_path, held_path, report_path = pool_dir / "train.jsonl", pool_dir / "heldout.jsonl", pool_dir / "report.json"
     if train_path.exists() and held_path.exists() and report_path.exists():
-        return P.read_pool(train_path), P.read_pool(held_path), json.loads(report_path.read_text())
+        return P.read_pool(train_path), P.read_pool(held_path), read_json(report_path)
     if cfg.pool.user_pool:
         # a user's pool gets the shipped pools' check: no evaluation prompt (or a reworded one) trains
         prompts, removed = P.drop_eval_overlap(P.load_user_pool(cfg.pool.user_pool, spec=spec))
@@ -218,7 +217,7 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
     P.write_jsonl(train_path, train)
     P.write_jsonl(held_path, held)
     report.update(train=len(train), heldout=len(held))
-    report_path.write_text(json.dumps(report, indent=2))
+    write_json(report_path, report)
     return train, held, report
 
 
@@ -469,7 +468,7 @@ def _trained_seconds(info: dict, **stages: Path) -> None:
     for key, folder in stages.items():
         path = folder / "train_info.json"
         if path.exists():
-            info[key] = json.loads(path.read_text())["train_seconds"]
+            info[key] = read_json(path)["train_seconds"]
 
 
 def _carry_seconds(info: dict, before: dict) -> None:
@@ -551,7 +550,7 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
                                                                        "removed_for_eval_overlap")},
                      "rounds": []}
     policy = cfg.model
-    before = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    before = read_json(run / "summary.json") if (run / "summary.json").exists() else {}
     rounds_before = {r.get("round"): r for r in before.get("rounds", [])}
     t_all = time.perf_counter()
     for rnd in range(1, cfg.rounds + 1):
@@ -646,6 +645,6 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
     summary["model"] = policy
     # the wall time of every invocation that reached this line, resumed ones included
     summary["seconds"] = round(before.get("seconds", 0.0) + time.perf_counter() - t_all, 1)
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(run / "summary.json", summary)
     log(f"finished: the model is {policy}; summary in {run / 'summary.json'}")
     return summary

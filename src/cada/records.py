@@ -76,6 +76,25 @@ def write_records(path: str | Path, records: Iterable[dict]) -> int:
     return n
 
 
+def write_json(path: str | Path, obj) -> None:
+    """Write one JSON document atomically (temp file + rename): a kill never leaves half a summary."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path):
+    """One JSON document; a broken one is an error naming the file and line."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CadaError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); delete the file to redo the step that "
+                        "wrote it") from None
+
+
 def chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), max(1, size)):
         yield items[i:i + size]

@@ -24,6 +24,7 @@ from pydantic import Field, field_validator
 
 from cada.align import AlignConfig, GenConfig, PoolConfig, TrainCfg, _Cfg
 from cada.errors import CadaError
+from cada.records import read_json, write_json
 
 Kind = Literal["harmful", "benign", "utility"]
 MODE_LABELS = {"none": "w/o SR", "codes": "SR w S (codes)", "cases": "SR w C (cases)"}
@@ -333,7 +334,7 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     saved.write_text(cfg.to_yaml())
     t_start = time.perf_counter()
     # a resumed study adds this session's time to the earlier sessions' (their summary is written as it goes)
-    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    previous = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
     prior = previous.get("wall_seconds", 0.0)
     spec = load_spec(cfg.spec)
     sets = [(s, eval_items(s)) for s in cfg.eval.sets()]
@@ -403,7 +404,7 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
             summary["partial"] = True
         if report:
             summary["report"] = report
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "summary.json", summary)
         return summary
 
     # 2. the base model under each reasoning mode; the plain one first, the ones with the spec in the prompt (the
@@ -432,11 +433,13 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     # 4. each arm: align into arms/<arm> (sharing the pool), then evaluate without the spec in the prompt
     for arm in cfg.arms:
         adir = out / "arms" / arm
-        if not (adir / "pool").exists():
-            shutil.copytree(pool_dir, adir / "pool")
+        if not (adir / "pool").exists():  # copied whole or not at all: a half copy would rebuild the pools
+            shutil.rmtree(adir / "pool.tmp", ignore_errors=True)
+            shutil.copytree(pool_dir, adir / "pool.tmp")
+            os.replace(adir / "pool.tmp", adir / "pool")
         arm_done = (adir / "summary.json").exists()
         if arm_done:
-            summary = clock.run(f"train {arm}", lambda: json.loads((adir / "summary.json").read_text()),
+            summary = clock.run(f"train {arm}", lambda: read_json(adir / "summary.json"),
                                 cached=True)
         else:
             summary = clock.run(f"train {arm}", lambda: align(cfg.arm_config(arm, judgement_model), adir,
@@ -543,7 +546,7 @@ def _pools(cfg: AlignConfig, out: Path, spec, sets: list[tuple[EvalSet, list]]) 
                                              "eval_set": r["eval_set"], "kind": r["kind"],
                                              "similarity": r["similarity"]} for r in removed[:10]]}
     report["train"] = len(train)
-    (out / "pool" / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "pool" / "report.json", report)
     return train, held, report
 
 

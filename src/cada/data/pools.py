@@ -604,7 +604,8 @@ def load_user_pool(path: str | Path, *, prompt_column: str = "prompt", label_col
     """A user's own pool from CSV, JSON (list of objects) or JSONL with a prompt and a harmful|benign label.
 
     Categories come from ``category_column`` (a category id of the spec, or ``none``; by default the ``category``
-    column where the file has one) or, without one, from each prompt's nearest precedent in ``spec``. Bad input
+    column where the file has one) or, without one or where a cell is empty, from the prompt's nearest precedent
+    in ``spec``. Bad input
     raises a one-line :class:`CadaError` naming file, line or item and column.
     """
     path = Path(path)
@@ -622,16 +623,18 @@ def load_user_pool(path: str | Path, *, prompt_column: str = "prompt", label_col
             raise CadaError(f"{where}: column {prompt_column!r} is empty")
         if label not in LABELS:
             raise CadaError(f"{where}: column {label_column!r} must be harmful or benign, got {label!r}")
-        category = _field(where, row, category_column) if category_column else None
+        category = (_field(where, row, category_column) or None) if category_column else None
         if category is not None and category not in allowed:
             raise CadaError(f"{where}: column {category_column!r}: unknown category {category!r} "
                             f"(use one of the spec's category ids or {NO_CATEGORY!r})")
         rows.append((text, label, category))
     if not rows:
         raise CadaError(f"{path}: the pool is empty")
-    if category_column is None:
-        cats = nearest_categories([t for t, _, _ in rows], spec)
-        rows = [(t, lab, c) for (t, lab, _), c in zip(rows, cats)]
+    missing = [i for i, (_, _, c) in enumerate(rows) if c is None]  # no column, or an empty cell
+    if missing:
+        cats = nearest_categories([rows[i][0] for i in missing], spec)
+        for i, c in zip(missing, cats):
+            rows[i] = (rows[i][0], rows[i][1], c)
     return [PoolPrompt(id=f"user-{i:04d}", prompt=t, base_prompt=t, label=lab, category=c, source="user")
             for i, (t, lab, c) in enumerate(rows)]
 
