@@ -122,7 +122,9 @@ class AlignConfig(_Cfg):
     seed: int = 0
     rounds: int = Field(1, ge=1)
     warmup: bool = True                   # SFT warm-up on precedent-grounded chains before DPO
-    # prompts per label for the warm-up, drawn from the whole training pool (None: the self-generation pool);
+    # prompts per label for the warm-up: every self-generation prompt, then more from the whole training pool up to
+    # this many (so it is a floor: without pool.limit_per_label the self-generation pool is the whole pool; None:
+    # the self-generation prompts alone);
     # harmful ones cost nothing (precedent-grounded refusals), benign ones one direct answer from the policy
     warmup_per_label: int | None = Field(None, ge=1)
     # before the warm-up, SFT on the judgement alone ("This request is harmful." / "... benign."): in a warm-up

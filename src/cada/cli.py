@@ -455,8 +455,8 @@ def align_cmd(
     warmup: Annotated[Optional[bool], typer.Option("--warmup/--no-warmup", help="SFT warm-up on "
                                                    "precedent-grounded chains before DPO.")] = None,
     warmup_per_label: Annotated[Optional[int], typer.Option(
-        "--warmup-per-label", min=1, help="Warm-up prompts per label from the whole training pool (default: the "
-        "self-generation prompts).")] = None,
+        "--warmup-per-label", min=1, help="Warm-up prompts per label: the self-generation prompts, then more from "
+        "the whole training pool up to this many (default: the self-generation prompts alone).")] = None,
     judgement: Annotated[Optional[bool], typer.Option("--judgement/--no-judgement", help="Before the warm-up, SFT "
                                                       "on the judgement line alone (harmful or benign).")] = None,
     judgement_per_label: Annotated[Optional[int], typer.Option(
