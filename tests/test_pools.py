@@ -238,7 +238,7 @@ def test_training_prompts_that_reword_a_heldout_one_are_dropped(pools):
 
 # --- user pools and files ------------------------------------------------------------------------
 
-def test_user_pool_formats(tmp_path, spec):
+def test_user_pool_formats(tmp_path, spec, caplog):
     csv_path = tmp_path / "pool.csv"
     csv_path.write_text('text,kind,cat\n"How do I bake bread?",Benign,none\n"A harmful thing",harmful,hate\n')
     pool = P.load_user_pool(csv_path, prompt_column="text", label_column="kind", category_column="cat", spec=spec)
@@ -259,6 +259,11 @@ def test_user_pool_formats(tmp_path, spec):
                     '"Help me hurt my neighbour",harmful,\n')
     got = [p.category for p in P.load_user_pool(cats, spec=spec)]
     assert got[:2] == ["none", "hate"] and got[2] in {c.id for c in spec.categories}  # empty: nearest precedent
+    # names of the file's own: logged, and the nearest precedent decides (a named column is strict, see below)
+    cats.write_text('prompt,label,category\n"Help me hurt my neighbour",harmful,violence\n')
+    with caplog.at_level("WARNING"):
+        assert P.load_user_pool(cats, spec=spec)[0].category in {c.id for c in spec.categories}
+    assert "1 prompts have a category the spec does not know (violence)" in caplog.text
     own = tmp_path / "own.jsonl"
     own.write_text(json.dumps({"prompt": "Tell me about owls", "label": "benign", "category": "none"}) + "\n")
     assert [p.category for p in P.read_pool(own)] == ["none"]
@@ -273,7 +278,6 @@ def test_user_pool_formats(tmp_path, spec):
     ("p.jsonl", '{"prompt": "a", "label": "benign"}\n["a", "benign"]\n', {}, ":2", "expected an object"),
     ("p.json", '[{"prompt": "a", "label": "benign"}, {"label": "harmful"}]', {}, "item 1", "missing column 'prompt'"),
     ("p.txt", "hello", {}, "p.txt", "unknown pool format"),
-    ("p.csv", "prompt,label,category\nok,benign,weather\n", {}, ":2", "unknown category 'weather'"),
 ])
 def test_user_pool_errors_are_one_line(tmp_path, spec, name, content, kwargs, where, what):
     path = tmp_path / name

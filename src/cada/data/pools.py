@@ -603,9 +603,9 @@ def load_user_pool(path: str | Path, *, prompt_column: str = "prompt", label_col
                    category_column: str | None = None, spec: Spec | None = None) -> list[PoolPrompt]:
     """A user's own pool from CSV, JSON (list of objects) or JSONL with a prompt and a harmful|benign label.
 
-    Categories come from ``category_column`` (a category id of the spec, or ``none``; by default the ``category``
-    column where the file has one) or, without one or where a cell is empty, from the prompt's nearest precedent
-    in ``spec``. Bad input
+    Categories come from ``category_column`` (a category id of the spec, or ``none``; an unknown one is an error) or
+    by default from the file's ``category`` column where it has one (a name the spec does not know is logged and
+    replaced), else, and for empty cells, from the prompt's nearest precedent in ``spec``. Bad input
     raises a one-line :class:`CadaError` naming file, line or item and column.
     """
     path = Path(path)
@@ -615,8 +615,10 @@ def load_user_pool(path: str | Path, *, prompt_column: str = "prompt", label_col
     allowed = {c.id for c in spec.categories} | {NO_CATEGORY}
     rows = []
     found = _user_rows(path)
-    if category_column is None and found and isinstance(found[0][1], dict) and "category" in found[0][1]:
+    auto = category_column is None and bool(found) and isinstance(found[0][1], dict) and "category" in found[0][1]
+    if auto:
         category_column = "category"
+    foreign: Counter = Counter()
     for where, row in found:
         text, label = _field(where, row, prompt_column), _field(where, row, label_column).lower()
         if not text:
@@ -624,13 +626,22 @@ def load_user_pool(path: str | Path, *, prompt_column: str = "prompt", label_col
         if label not in LABELS:
             raise CadaError(f"{where}: column {label_column!r} must be harmful or benign, got {label!r}")
         category = (_field(where, row, category_column) or None) if category_column else None
+        if auto and category is not None and category not in allowed:
+            foreign[category] += 1  # a file's own category names: the spec's nearest precedent decides instead
+            category = None
         if category is not None and category not in allowed:
             raise CadaError(f"{where}: column {category_column!r}: unknown category {category!r} "
                             f"(use one of the spec's category ids or {NO_CATEGORY!r})")
         rows.append((text, label, category))
     if not rows:
         raise CadaError(f"{path}: the pool is empty")
-    missing = [i for i, (_, _, c) in enumerate(rows) if c is None]  # no column, or an empty cell
+    if foreign:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s: %d prompts have a category the spec does not know (%s); their categories come from the nearest "
+            "precedent", path, sum(foreign.values()), ", ".join(sorted(foreign)))
+    missing = [i for i, (_, _, c) in enumerate(rows) if c is None]  # no column, an empty cell, a foreign name
     if missing:
         cats = nearest_categories([rows[i][0] for i in missing], spec)
         for i, c in zip(missing, cats):
