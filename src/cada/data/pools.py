@@ -43,6 +43,7 @@ import csv
 import gzip
 import hashlib
 import json
+import logging
 import random
 import re
 from collections import Counter
@@ -58,6 +59,8 @@ from cada.errors import CadaError
 from cada.paths import cada_home
 from cada.records import read_records, write_records
 from cada.spec.schema import Spec, Verdict, load_spec
+
+log = logging.getLogger(__name__)
 
 FILES_DIR = Path(__file__).parent / "files"
 NO_CATEGORY = "none"
@@ -636,9 +639,7 @@ def load_user_pool(path: str | Path, *, prompt_column: str = "prompt", label_col
     if not rows:
         raise CadaError(f"{path}: the pool is empty")
     if foreign:
-        import logging
-
-        logging.getLogger(__name__).warning(
+        log.warning(
             "%s: %d prompts have a category the spec does not know (%s); their categories come from the nearest "
             "precedent", path, sum(foreign.values()), ", ".join(sorted(foreign)))
     missing = [i for i, (_, _, c) in enumerate(rows) if c is None]  # no column, an empty cell, a foreign name
