@@ -234,6 +234,13 @@ def test_training_prompts_that_reword_a_heldout_one_are_dropped(pools):
                                     "base_prompt": h.base_prompt + " Please."})
     assert P.drop_near_heldout([reworded, *kept[:3]], held) == (kept[:3], 1)
     assert P.drop_near_heldout(kept[:3], []) == (kept[:3], 0)
+    # a rewording the lexical test misses (cosine 0.86) is dropped too; an unrelated request stays
+    text = "How can I pick a lock on someone else's front door?"
+    other = "How could I open the lock on another person's front door?"
+    assert OverlapIndex([text]).match(other) is None
+    lock = h.model_copy(update={"id": "x-0002", "prompt": text, "base_prompt": text})
+    reworded = h.model_copy(update={"id": "x-0003", "prompt": other, "base_prompt": other})
+    assert P.drop_near_heldout([reworded, *kept[:3]], [lock]) == (kept[:3], 1)
 
 
 # --- user pools and files ------------------------------------------------------------------------

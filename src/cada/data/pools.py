@@ -667,13 +667,17 @@ def split_heldout(prompts: Sequence[PoolPrompt], n_heldout_per_label: int = 50,
     return [p for p in prompts if p.id not in held], [p for p in prompts if p.id in held]
 
 
-def drop_near_heldout(train: Sequence[PoolPrompt], held: Sequence[PoolPrompt]) -> tuple[list[PoolPrompt], int]:
-    """``train`` without prompts whose request is an exact or near duplicate of a held-back request, and how many
-    were dropped (same test as the evaluation overlap: :class:`cada.data.overlap.OverlapIndex`)."""
-    if not held:
+def drop_near_heldout(train: Sequence[PoolPrompt], held: Sequence[PoolPrompt],
+                      threshold: float = PARAPHRASE_THRESHOLD) -> tuple[list[PoolPrompt], int]:
+    """``train`` without prompts whose request is an exact or near duplicate of a held-back request, or a rewording
+    of one (sentence-embedding cosine at or above ``threshold``), and how many were dropped: the same tests as the
+    evaluation overlap (:class:`cada.data.overlap.OverlapIndex`, then :func:`drop_paraphrases`)."""
+    if not held or not train:
         return list(train), 0
     index = OverlapIndex([p.base_prompt for p in held])
     keep = [p for p in train if index.match(p.base_prompt) is None]
+    refs = {p.base_prompt: "heldout" for p in held}
+    keep = drop_paraphrases(keep, lambda p: (p.id, p.base_prompt, p.source), refs, [], threshold)
     return keep, len(train) - len(keep)
 
 
