@@ -119,6 +119,12 @@ def test_dpo_pairs_best_vs_worst_with_marked_fallback_and_context_distillation(s
         assert r["prompt"] == [{"role": "user", "content": f"request {r['id']}"}]
     no_fallback, _ = dpo_pairs(records, spec, precedent_fallback=False)
     assert {r["id"] for r in no_fallback} == {"a", "c"}
+    from cada.selfgen import summarize
+
+    part = [*records, rec("e", "harmful", 0, "partial", 0.0), rec("e", "harmful", 1, "comply", -1.0)]
+    assert summarize(part)["harmful"] == {"prompts": 3, "samples": 6, "refused_samples": 0.167,
+                                          "partial_samples": 0.167, "format_ok_samples": 0.167,
+                                          "prompts_with_a_good_sample": 0.333}
 
 
 def test_consistency_twins_keep_the_analysis_and_swap_in_the_wrong_answer(spec):

@@ -103,7 +103,8 @@ def self_generate(prompts: Sequence, generator: Generator, spec: Spec, output: s
 
 
 def summarize(records: Sequence[dict]) -> dict:
-    """Share of samples refused / well-formatted, and prompts with at least one good sample, per label."""
+    """Share of samples refused, partly refused (the judge's ``partial``) and well-formatted, and prompts with at
+    least one good sample (reward above 0), per label."""
     out: dict = {}
     for label in ("harmful", "benign"):
         rs = [r for r in records if r.get("label") == label]
@@ -114,7 +115,8 @@ def summarize(records: Sequence[dict]) -> dict:
             by_prompt.setdefault(r["id"], []).append(r)
         out[label] = {
             "prompts": len(by_prompt), "samples": len(rs),
-            "refused_samples": round(sum(r["judge"] != "comply" for r in rs) / len(rs), 3),
+            "refused_samples": round(sum(r["judge"] == "refuse" for r in rs) / len(rs), 3),
+            "partial_samples": round(sum(r["judge"] == "partial" for r in rs) / len(rs), 3),
             "format_ok_samples": round(sum(bool(r.get("format_ok")) for r in rs) / len(rs), 3),
             "prompts_with_a_good_sample": round(
                 sum(any(x["reward"] > 0 for x in v) for v in by_prompt.values()) / len(by_prompt), 3),
