@@ -670,3 +670,17 @@ def test_bf16_autocast_on_the_cpu_keeps_float32_weights_and_changes_the_numerics
     assert all(weights[True][k].dtype == torch.float32 for k in weights[True])
     # the same seed and data: only the bf16 arithmetic of the forward and backward passes tells the two apart
     assert any(not torch.equal(weights[True][k], weights[False][k]) for k in weights[False])
+
+
+def test_settings_an_arm_never_reads_are_named():
+    from cada.align import AlignConfig
+
+    cfg = AlignConfig.from_yaml(Path(__file__).parents[1] / "configs/align-cada.yaml")
+    assert cfg.unused_settings() == []  # the shipped config uses everything it sets
+    sft = cfg.model_copy(update={"arm": "sft-dr", "calibration_per_label": None})
+    assert sft.unused_settings() == ["warmup", "judgement", "consistency", "warmup_per_label",
+                                     "judgement_per_label"]
+    assert cfg.model_copy(update={"warmup": False}).unused_settings() == [
+        "warmup_per_label", "judgement", "judgement_per_label"]
+    assert cfg.model_copy(update={"judgement": False}).unused_settings() == ["judgement_per_label"]
+    assert AlignConfig(arm="sft-sc", warmup=False, judgement=False).unused_settings() == []

@@ -157,6 +157,22 @@ class AlignConfig(_Cfg):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def unused_settings(self) -> list[str]:
+        """Settings given a value that this arm's stages never read (a shared config file run with another
+        ``--arm``, or a stage switched off while its sizes are set); ``align`` says so rather than fail."""
+        dpo = ARMS[self.arm][1] == "dpo"
+        out = []
+        if not dpo:  # the SFT arms train once on their own set: none of the DPO arms' extra stages run
+            out += [k for k in ("warmup", "judgement", "consistency", "warmup_per_label", "judgement_per_label",
+                                "judgement_model") if getattr(self, k)]
+        else:
+            if not self.warmup:  # the judgement stage runs before the warm-up, so it goes with it
+                out += [k for k in ("warmup_per_label", "judgement", "judgement_per_label", "judgement_model")
+                        if getattr(self, k)]
+            elif not self.judgement:
+                out += [k for k in ("judgement_per_label", "judgement_model") if getattr(self, k)]
+        return out
+
     @classmethod
     def _check_source(cls, data, path) -> None:
         if isinstance(data, dict) and ("arms" in data or "base_modes" in data):
@@ -542,6 +558,8 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
     mode, method, sft_arm = ARMS[cfg.arm]
     log = StageLog(show_progress)
     log(f"arm {cfg.arm}, policy {cfg.model} -> {run}")
+    if unused := cfg.unused_settings():
+        log(f"note: arm {cfg.arm} with these settings does not use {', '.join(unused)}")
     train_prompts, held_prompts, pool_report = prepare_pools(cfg, run, spec)
     # saved once the pools load: a bad pool file must not pin the folder to the config that named it
     run.mkdir(parents=True, exist_ok=True)
