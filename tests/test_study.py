@@ -246,6 +246,18 @@ def test_shipped_presets_load_and_use_only_evaluation_sets_for_evaluation():
     kinds = {it.kind for it in items}
     assert kinds == {"harmful", "benign", "utility"}
     assert {it.attack for it in items if it.attack} == {"prefix_injection", "refusal_suppression"}
+    # a limited set covers every category of a category-sorted benchmark, not its first one or two
+    from cada.data.benchmarks import load_benchmark
+    from cada.study import EvalSet
+
+    for name, n in (("strongreject", 6), ("xstest-safe", 10)):
+        every = load_benchmark(name)
+        assert len({it.category for it in every[:12]}) <= 2  # the files are sorted by category
+        picked = eval_items(EvalSet(name=name, limit=12))
+        assert len(picked) == 12 and len({it.category for it in picked}) == min(n, 12)
+        assert eval_items(EvalSet(name=name, limit=12)) == picked  # deterministic
+        assert {it.id for it in picked} <= {it.id for it in every}
+    assert eval_items(EvalSet(name="gsm8k", limit=5)) == load_benchmark("gsm8k")[:5]  # no categories: file order
 
 
 def _cada(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -173,7 +173,9 @@ def demo_config(model: str = "smollm2-135m") -> StudyConfig:
 # --- evaluation items --------------------------------------------------------------------------------
 
 def eval_items(s: EvalSet) -> list:
-    """The items of one evaluation set, deterministic (the first ``limit`` prompts, then wrapped)."""
+    """The items of one evaluation set, deterministic: with a ``limit``, the first prompts of a round-robin over
+    the set's categories (a category-sorted benchmark such as StrongREJECT would otherwise give its first one or
+    two categories only), then wrapped."""
     from cada.data import benchmarks as B
 
     if s.file:
@@ -183,11 +185,25 @@ def eval_items(s: EvalSet) -> list:
     else:
         items = B.load_benchmark(s.benchmark or s.name)
     if s.limit:
-        items = items[:s.limit]
+        items = spread_over_categories(items)[:s.limit]
     if s.attacks or s.attack_file:
         items = B.wrap(items, s.attacks, templates=s.templates, attack_file=s.attack_file,
                        attack_column=s.attack_column)
     return items
+
+
+def spread_over_categories(items: list) -> list:
+    """``items`` reordered round-robin over their categories (first item of each category in order of first
+    appearance, then the second of each, ...); file order within a category. A set without categories is unchanged."""
+    rank: dict = {}
+    keyed = []
+    for i, it in enumerate(items):
+        r = rank[it.category] = rank.get(it.category, -1) + 1
+        keyed.append((r, i, it))
+    first = {}
+    for _, i, it in keyed:
+        first.setdefault(it.category, i)
+    return [it for r, i, it in sorted(keyed, key=lambda x: (x[0], first[x[2].category]))]
 
 
 def _kind(items: list) -> str:
