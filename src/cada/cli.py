@@ -534,7 +534,8 @@ def eval_cmd(
                                                         "prompts (column --attack-column).")] = None,
     attack_column: Annotated[str, typer.Option("--attack-column")] = "prompt",
     templates: Annotated[int, typer.Option("--templates", min=1, help="In-the-wild templates per prompt.")] = 2,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="N prompts (before wrapping), spread over the set's categories.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="N prompts (before wrapping), spread over "
+                                                                       "the set's categories.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 192,
     k: Annotated[int, typer.Option("--k", min=0, help="Precedents in context for --mode cases (0 = all).")] = 6,
     judge: Annotated[str, typer.Option("--judge", help="refusal (offline) | rubric (StrongREJECT rubric over "

@@ -193,17 +193,14 @@ def eval_items(s: EvalSet) -> list:
 
 
 def spread_over_categories(items: list) -> list:
-    """``items`` reordered round-robin over their categories (first item of each category in order of first
-    appearance, then the second of each, ...); file order within a category. A set without categories is unchanged."""
-    rank: dict = {}
-    keyed = []
-    for i, it in enumerate(items):
-        r = rank[it.category] = rank.get(it.category, -1) + 1
-        keyed.append((r, i, it))
-    first = {}
-    for _, i, it in keyed:
-        first.setdefault(it.category, i)
-    return [it for r, i, it in sorted(keyed, key=lambda x: (x[0], first[x[2].category]))]
+    """``items`` round-robin over their categories (the first of each category in order of first appearance, then
+    the second of each, ...); file order within a category. A set without categories is unchanged."""
+    from itertools import zip_longest
+
+    groups: dict = {}
+    for it in items:
+        groups.setdefault(it.category, []).append(it)
+    return [it for row in zip_longest(*groups.values()) for it in row if it is not None]
 
 
 def _kind(items: list) -> str:
