@@ -1,15 +1,158 @@
-"""Records: one JSON object a line, appended crash-safely, so any stage can be resumed, inspected with ``head``,
-or loaded with ``datasets.load_dataset("json", data_files=...)``."""
+"""Records: the rows stages hand each other, typed in one place, and the one reader and writer for them.
+
+Every stage writes one JSON object a line, appended crash-safely, so any stage can be resumed, inspected with
+``head``, or loaded with ``datasets.load_dataset("json", data_files=...)``. The rows:
+
+==================  ===========================================  ==================================================
+row                 written by                                   fields
+==================  ===========================================  ==================================================
+:class:`PoolPrompt` the pools (``pool/*.jsonl``)                 id, prompt, base_prompt, label, category, source,
+                                                                 jailbreak, label_source
+:class:`Chain`      self-generation (``round-*/records.jsonl``)  the prompt's fields, mode, sample, raw, reasoning,
+                                                                 response, format_ok, judge, judge_probs, reward,
+                                                                 cited_cases, context_cases
+:class:`Pair`       ``cada pairs`` / the DPO arms                prompt, chosen, rejected (TRL conversational), id,
+                                                                 label, category, ...
+:class:`SftRow`     the SFT sets (``sft.jsonl``, ``warmup.jsonl``)  id, label, category, prompt, completion
+:class:`EvalItem`   the evaluation sets (in memory)              id, prompt, kind, category, attack, reference, meta
+:class:`EvalRecord` evaluation (``eval/*/records.jsonl``)        id, prompt, kind, category, attack, mode, raw,
+                                                                 reasoning, response, format_ok, judge, cited_cases
+                                                                 [, reference, correct, rubric_score, rubric]
+==================  ===========================================  ==================================================
+
+Rows stay plain dicts on disk and in memory (what TRL and ``datasets`` take); the TypedDicts name their fields for
+readers and type checkers, and :func:`require` checks a user's file has them before a stage reads it.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, TypedDict
+
+from pydantic import BaseModel, ConfigDict
 
 from cada.errors import CadaError
 
+Label = Literal["harmful", "benign"]
+Source = Literal["do_not_answer", "hh_rlhf", "ifeval", "coconot_contrast", "coconot_pref", "user"]
+Message = dict[str, str]
+
+
+class PoolPrompt(BaseModel):
+    """One training request. ``prompt`` is what the model sees; ``base_prompt`` the request before any wrapping."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    prompt: str
+    base_prompt: str
+    label: Label
+    category: str
+    source: Source
+    jailbreak: str | None = None
+    label_source: Literal["dataset", "auto"] = "dataset"
+
+
+class Chain(TypedDict, total=False):
+    """One self-generated reasoning chain, judged and rewarded (a line of ``round-<i>/records.jsonl``)."""
+
+    id: str
+    prompt: str
+    label: Label
+    category: str | None
+    source: str | None
+    jailbreak: str | None
+    mode: str
+    sample: int
+    raw: str
+    reasoning: str
+    response: str
+    format_ok: bool
+    judge: str
+    judge_probs: dict | None
+    reward: float
+    cited_cases: list[str]
+    context_cases: list[str]
+
+
+class SftRow(TypedDict):
+    """One context-distilled SFT example in TRL's conversational prompt/completion form (loss on the answer)."""
+
+    id: str
+    label: str
+    category: str | None
+    prompt: list[Message]
+    completion: list[Message]
+
+
+class Pair(TypedDict, total=False):
+    """One DPO pair in TRL's conversational form, with the prompt's id, label and category beside it."""
+
+    id: str
+    label: str
+    category: str | None
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+
+
+@dataclass
+class EvalItem:
+    """One prompt of an evaluation set."""
+
+    id: str
+    prompt: str
+    kind: str                     # harmful | benign | utility
+    category: str | None = None
+    attack: str | None = None     # jailbreak wrapper name, if any
+    reference: str | None = None  # reference answer (utility sets)
+    meta: dict = field(default_factory=dict)
+
+
+class EvalRecord(TypedDict, total=False):
+    """One answered and judged evaluation prompt (a line of ``eval/<system>/<set>/records.jsonl``)."""
+
+    id: str
+    prompt: str
+    kind: str
+    category: str | None
+    attack: str | None
+    mode: str
+    raw: str
+    reasoning: str
+    response: str
+    format_ok: bool
+    judge: str
+    cited_cases: list[str]
+    reference: str
+    correct: bool
+    rubric_score: float | None
+    rubric: dict
+
+
+#: the fields a stage needs from a file of each kind of row (``cada pairs`` reads chains a user may have written)
+REQUIRED = {"chain": ("id", "label", "reasoning", "response", "judge", "reward"),
+            "pair": ("prompt", "chosen", "rejected"),
+            "eval_record": ("id", "prompt", "kind", "response", "judge")}
+
+
+def require(rows: Sequence[dict], kind: str, path: str | Path) -> None:
+    """A one-line error naming the first row of ``path`` that lacks a field a ``kind`` row must have."""
+    need = REQUIRED[kind]
+    for i, r in enumerate(rows, 1):
+        missing = [k for k in need if k not in r]
+        if missing:
+            raise CadaError(f"{path}:{i}: a {kind.replace('_', ' ')} record needs {', '.join(need)}; "
+                            f"this one lacks {', '.join(missing)}")
+
+
+# --- JSONL records (resumable) -----------------------------------------------------------------------
 
 def read_records(path: str | Path, *, repair: bool = False) -> list[dict]:
     """All records of a JSONL file ([] when it does not exist).
@@ -98,3 +241,95 @@ def read_json(path: str | Path):
 def chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), max(1, size)):
         yield items[i:i + size]
+
+
+# --- tables in (CSV, JSON, JSONL), as users give them ----------------------------------------------
+
+FORMATS = (".csv", ".json", ".jsonl")
+
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Read a table of records: ``.csv`` (header row), ``.json`` (a list of objects) or ``.jsonl`` (one a line)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise CadaError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .csv, .json or .jsonl")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise CadaError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise CadaError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    return {".csv": _csv, ".json": _json, ".jsonl": _jsonl}[suffix](path, text)
+
+
+def _csv(path: Path, text: str) -> list[dict]:
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))  # long responses are legitimate cells
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if not header:
+            raise CadaError(f"{path}: empty CSV file (expected a header row)")
+        rows = []
+        for fields in reader:
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise CadaError(f"{path}:{reader.line_num}: {len(fields)} fields but the header has {len(header)}")
+            rows.append(dict(zip(header, fields)))
+        return rows
+    except csv.Error as e:
+        raise CadaError(f"{path}:{reader.line_num}: bad CSV ({e})") from None
+
+
+def _json(path: Path, text: str) -> list[dict]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CadaError(f"{path}:{e.lineno}:{e.colno}: bad JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise CadaError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise CadaError(f"{path}: item {i} is {type(row).__name__}, expected an object")
+    return data
+
+
+def _jsonl(path: Path, text: str) -> list[dict]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CadaError(f"{path}:{n}:{e.colno}: bad JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise CadaError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def column(rows: list[dict], name: str, path: str | Path, *, required: bool = True) -> list:
+    """The values of one column; a CadaError lists the columns there are when it is missing."""
+    missing = next((i for i, r in enumerate(rows) if name not in r), None)
+    if missing is not None:
+        if not required:
+            return [r.get(name) for r in rows]
+        have = ", ".join(rows[missing]) or "(none)"
+        raise CadaError(f"{path}: row {missing + 1} has no column {name!r}; columns: {have}")
+    return [r[name] for r in rows]
+
+
+def read_yaml(path) -> object:
+    """A YAML config file's content ({} when empty), with one-line errors naming the file (and line)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise CadaError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise CadaError(f"{path}:{mark.line + 1 if mark else 0}: malformed YAML") from None

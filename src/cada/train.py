@@ -84,9 +84,9 @@ def train_config(**values) -> TrainConfig:
 
 def load_train_config(path: str | Path) -> dict:
     """TrainConfig fields from a YAML file (e.g. ``configs/grpo-vllm.yaml``), with one-line errors naming the file."""
-    from cada.errors import read_yaml_file
+    from cada.records import read_yaml
 
-    data = read_yaml_file(path)
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise CadaError(f"{path}: expected a mapping of TrainConfig fields")
     known = {f.name for f in fields(TrainConfig)}
@@ -187,7 +187,7 @@ def _dataset(path_or_rows, method: str = "dpo"):
 
 def check_rows(path: Path, method: str) -> None:
     """One-line errors, naming the row, for a training file TRL could not read or would fail on mid-run."""
-    from cada.judges.io import read_rows
+    from cada.records import read_rows
 
     if path.suffix.lower() not in (".jsonl", ".json"):
         raise CadaError(f"{path}: training data is JSONL (one JSON object a line), as `cada pairs` writes it")

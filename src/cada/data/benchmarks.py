@@ -69,7 +69,7 @@ def load_benchmark(name: str) -> list[EvalItem]:
 def load_file(path: str | Path, prompt_column: str, kind: str, *, category_column: str | None = None,
               reference_column: str | None = None) -> list[EvalItem]:
     """Any CSV / JSON (list of objects) / JSONL file as evaluation items."""
-    from cada.judges.io import read_rows
+    from cada.records import read_rows
 
     if kind not in ("harmful", "benign", "utility"):
         raise CadaError(f"--kind {kind!r}: use harmful, benign or utility")

@@ -5,7 +5,6 @@
 """
 
 from cada.judges.batch import calibrate, judge_file, report_text
-from cada.judges.io import read_rows, write_jsonl
 from cada.judges.refusal import LABELS, JudgeResult, RefusalJudge, string_match_label
 from cada.judges.reward import (SAFETY_REWARDS, completion_text, final_response, format_reward, make_safety_reward,
                                 safety_reward)
@@ -16,5 +15,5 @@ from cada.judges.training import (XSTEST_MODELS, label_report, leave_one_model_o
 __all__ = ["LABELS", "SAFETY_REWARDS", "XSTEST_MODELS", "JudgeResult", "RefusalJudge", "RubricJudge", "RubricResult",
            "calibrate", "completion_text", "final_response", "format_reward", "judge_file", "label_report",
            "leave_one_model_out", "load_xstest", "make_safety_reward", "normalize_label", "parse_rubric",
-           "read_rows", "report_text", "rubric_prompt", "safety_reward", "string_match_label",
-           "train_refusal_judge", "write_jsonl"]
+           "report_text", "rubric_prompt", "safety_reward", "string_match_label",
+           "train_refusal_judge"]

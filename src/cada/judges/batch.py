@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from cada.errors import CadaError
-from cada.judges.io import column, read_rows, write_jsonl
+from cada.records import column, read_rows, write_records
 from cada.judges.refusal import LABELS, RefusalJudge
 from cada.judges.rubric import RubricJudge
 from cada.judges.training import label_report, normalize_label
@@ -69,7 +69,7 @@ def judge_file(input: str | Path, output: str | Path, *, judge: str = "refusal",
         results = RubricJudge(generator, *([params] if params else [])).judge(prompts, responses)
         judged = [{**{k: v for k, v in r.to_dict().items() if k != "raw"}, "judge_output": r.raw} for r in results]
     renamed: set[str] = set()
-    write_jsonl((_merge(row, j, renamed) for row, j in zip(rows, judged)), output)
+    write_records(output, (_merge(row, j, renamed) for row, j in zip(rows, judged)))
     scores = [j["score"] for j in judged if j.get("score") is not None]
     return {"n": len(rows), "output": str(output), "labels": dict(Counter(str(j["label"]) for j in judged)),
             "errors": sum(1 for j in judged if j.get("error")), "renamed": sorted(renamed),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cada.errors import CadaError
-from cada.judges.io import read_rows
+from cada.records import read_rows
 from cada.judges.refusal import EMBED_DIM, LABELS, RefusalJudge, normalise_text, featurize
 
 XSTEST_MODELS = ("gpt4", "llama2new", "llama2orig", "mistralinstruct")

@@ -4,15 +4,14 @@
 
 from __future__ import annotations
 
-import json
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cada.models.generate import Generator, SamplingParams
 from cada.reasoning import Mode, SafetyReasoner
-from cada.records import append_records, chunks, read_records
+from cada.evaluate.metrics import breakdown, metrics
+from cada.records import append_records, chunks, read_records, write_json
 from cada.spec.schema import Spec
 
 
@@ -25,54 +24,6 @@ class EvalItem:
     attack: str | None = None     # jailbreak wrapper name, if any
     reference: str | None = None  # reference answer (utility sets)
     meta: dict = field(default_factory=dict)
-
-
-def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
-                 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean.
-
-    >>> bootstrap_ci([1, 1, 1, 1])
-    (1.0, 1.0)
-    """
-    if not values:
-        return (float("nan"), float("nan"))
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
-    return (round(means[int(alpha / 2 * n_boot)], 4), round(means[min(n_boot - 1, int((1 - alpha / 2) * n_boot))], 4))
-
-
-def rate(values: Sequence[float]) -> dict:
-    lo, hi = bootstrap_ci(values)
-    return {"value": round(sum(values) / len(values), 4) if values else None, "ci95": [lo, hi]}
-
-
-def metrics(records: Sequence[dict]) -> dict:
-    """n, refusal / partial / compliance rates (with 95% CIs), rubric score and accuracy where present."""
-    out: dict = {"n": len(records)}
-    if not records:
-        return out
-    labels = [r.get("judge") for r in records]
-    for name, lab in (("refusal_rate", "refuse"), ("partial_rate", "partial"), ("compliance_rate", "comply")):
-        out[name] = rate([float(x == lab) for x in labels])
-    out["refused_or_partial_rate"] = rate([float(x != "comply") for x in labels])
-    scores = [r["rubric_score"] for r in records if r.get("rubric_score") is not None]
-    if scores:
-        out["rubric_score"] = rate(scores)
-    if any("rubric_score" in r for r in records):  # rubric-judged: say how many it could not score, even all
-        out["rubric_failed"] = sum(1 for r in records if "rubric_score" in r and r["rubric_score"] is None)
-    correct = [float(r["correct"]) for r in records if r.get("correct") is not None]
-    if correct:
-        out["accuracy"] = rate(correct)
-    out["format_ok_rate"] = round(sum(bool(r.get("format_ok")) for r in records) / len(records), 4)
-    return out
-
-
-def breakdown(records: Sequence[dict], key: str) -> dict:
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault(str(r.get(key)), []).append(r)
-    return {k: metrics(v) for k, v in sorted(groups.items())}
 
 
 def evaluate(items: Sequence[EvalItem], generator: Generator, spec: Spec, output: str | Path, *,
@@ -100,7 +51,7 @@ def evaluate(items: Sequence[EvalItem], generator: Generator, spec: Spec, output
                    "mode": r.mode, "raw": r.raw, "reasoning": r.reasoning, "response": r.response,
                    "format_ok": r.format_ok, "judge": v.label, "cited_cases": r.cited_cases}
             if it.reference is not None:
-                from cada.utility import gsm8k_correct
+                from cada.evaluate.utility import gsm8k_correct
 
                 row["reference"] = it.reference
                 row["correct"] = gsm8k_correct(r.response, it.reference)
@@ -120,5 +71,5 @@ def evaluate(items: Sequence[EvalItem], generator: Generator, spec: Spec, output
     if any(r.get("category") for r in records):
         m["by_category"] = breakdown(records, "category")
     m.update(mode=mode, judge=type(judge).__name__)
-    (out / "metrics.json").write_text(json.dumps(m, indent=2))
+    write_json(out / "metrics.json", m)
     return m
