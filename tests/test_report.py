@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from cada.errors import CadaError
+from cada.evaluate import metrics as judged_metrics
+from cada.evaluate.metrics import headline as pooled_headline
 from cada.report import (build_report, category_rates, headline_table, read_study_records, read_summary, verdict,
                          write_report)
 
@@ -249,7 +251,8 @@ def test_a_summary_without_the_optional_keys_still_renders(tmp_path):
     root = make_study(tmp_path, minimal=True)
     summary = json.loads((root / "summary.json").read_text())
     del summary["metrics"]["base-cases"]  # a system that never got evaluated
-    summary["metrics"]["da"]["xstest-safe"]["refusal_rate"]["value"] = None
+    for rate_key in ("refusal_rate", "refused_or_partial_rate"):  # the headline pools the refused-or-partial rate
+        summary["metrics"]["da"]["xstest-safe"][rate_key]["value"] = None
     (root / "summary.json").write_text(json.dumps(summary))
     paths = write_report(root)
     page = paths["html"].read_text()
@@ -303,3 +306,54 @@ def test_a_small_run_says_it_shows_the_pipeline_not_the_quality():
     assert "24 prompts per label" in small and "configs/embedded-full.yaml" in small
     assert "prompts per label" not in summary_text({**base, "config": {"pool": {"limit_per_label": 250}}})
     assert "prompts per label" not in summary_text({**base, "config": {"pool": {"limit_per_label": None}}})
+
+
+def judged(refuse: int, partial: int, comply: int, **extra) -> list[dict]:
+    return [{"judge": label, **extra} for label, k in (("refuse", refuse), ("partial", partial), ("comply", comply))
+            for _ in range(k)]
+
+
+# (refuse, partial, comply) per system on the harmful, jailbreak and benign sets: partial answers everywhere, so the
+# refusal rate and the refused-or-partial rate differ; on benign prompts base-none refuses nothing outright but
+# partially refuses twice as often as CADA refuses
+PARTIAL_COUNTS = {
+    "base-none": [(2, 3, 5), (1, 4, 5), (0, 2, 8)],
+    "base-codes": [(3, 1, 6), (2, 2, 6), (1, 1, 8)],
+    "base-cases": [(3, 3, 4), (2, 3, 5), (1, 2, 7)],
+    "da": [(4, 2, 4), (3, 3, 4), (1, 1, 8)],
+    "cada": [(6, 2, 2), (5, 3, 2), (1, 0, 9)],
+}
+
+
+def test_a_derived_headline_is_the_studys_headline_and_pools_refused_or_partial(tmp_path):
+    sets = ("strongreject-small", "strongreject-small+jailbreak", "xstest-safe")
+    by_system = {s: {**{b: judged_metrics(judged(*c)) for b, c in zip(sets, counts)},
+                     "gsm8k": judged_metrics(judged(0, 0, 10, correct=True))}
+                 for s, counts in PARTIAL_COUNTS.items()}
+    summary = {"systems": SYSTEMS, "benchmarks": BENCHMARKS, "metrics": by_system}  # no recorded headline
+    expected = {s: pooled_headline(by_system[s], BENCHMARKS, loglik=None) for s in SYSTEMS}
+    assert expected["base-none"]["benign_refusal"] == 0.2  # refused or partial, not the refusal rate (0.0)
+    assert by_system["base-none"]["xstest-safe"]["refusal_rate"]["value"] == 0.0
+
+    derived = build_report(summary)
+    assert derived["headline"]["source"] == "derived from per-benchmark metrics"
+    for r in derived["headline"]["rows"]:
+        assert r["values"] == {k: v for k, v in expected[r["system"]].items() if v is not None}
+    recorded = build_report({**summary, "headline": expected})
+    assert recorded["headline"]["source"] == "summary"
+    assert [r["values"] for r in derived["headline"]["rows"]] == [r["values"] for r in recorded["headline"]["rows"]]
+    assert derived["verdict"] == recorded["verdict"] and derived["pareto"] == recorded["pareto"]
+    assert derived["verdict"]["all_hold"] is True
+    assert "Against Base (w/o SR), CADA refuses more harmful requests (0.80 vs 0.50)" in derived["verdict"]["text"]
+    assert "has no more benign over-refusal (0.10 vs 0.20)" in derived["verdict"]["text"]
+
+    # the per-benchmark table's benign column is the headline's rate, so one quantity shows one number
+    pb = derived["per_benchmark"]
+    benign = [i for i, c in enumerate(pb["columns"]) if c["benchmark"] == "xstest-safe"]
+    assert [(pb["columns"][i]["metric"], pb["columns"][i]["label"]) for i in benign] == [
+        ("refused_or_partial_rate", "over-refusal")]
+    headline = {h["system"]: h["values"] for h in derived["headline"]["rows"]}
+    for r in pb["rows"]:
+        assert r["cells"][benign[0]]["value"] == headline[r["system"]]["benign_refusal"]
+    harmful = [c["metric"] for c in pb["columns"] if c["benchmark"] == "strongreject-small"]
+    assert harmful == ["refusal_rate", "refused_or_partial_rate"]  # harmful sets keep both
