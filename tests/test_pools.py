@@ -1,18 +1,24 @@
-"""Prompt pools: sources, labels, categories, jailbreak wrapping, evaluation overlap, splits and user pools."""
+"""Prompt pools: sources, labels, categories, jailbreak wrapping, evaluation overlap, splits, draws and user pools."""
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import random
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from cada.data import decontam as D
+from cada.data import jailbreaks as J
 from cada.data import pools as P
-from cada.data.overlap import OverlapIndex, normalize
+from cada.data import sources as S
+from cada.data.decontam import OverlapIndex, normalize
 from cada.errors import CadaError
 
 DATASETS = ("do_not_answer", "coconot", "hh_rlhf", "ifeval", "jailbreak_llms_inthewild", "xstest", "strongreject",
@@ -26,24 +32,24 @@ def pools(spec) -> P.Pools:
 
 @pytest.fixture(scope="module")
 def eval_sets() -> dict[str, list[str]]:
-    return P.evaluation_prompts()
+    return D.evaluation_prompts()
 
 
 @pytest.fixture(scope="module")
 def templates() -> list[str]:
-    return P.load_jailbreak_templates()
+    return J.load_jailbreak_templates()
 
 
 # --- shipped files -------------------------------------------------------------------------------
 
 def test_shipped_files_have_sources_and_licenses():
-    table = P.data_file("SOURCES.md").read_text()
+    table = S.data_file("SOURCES.md").read_text()
     for name in DATASETS:
-        assert (P.data_file(name) / "SOURCE.md").is_file(), name
-        assert "icense" in (P.data_file(name) / "SOURCE.md").read_text(), name
+        assert (S.data_file(name) / "SOURCE.md").is_file(), name
+        assert "icense" in (S.data_file(name) / "SOURCE.md").read_text(), name
         assert f"| {name} |" in table, name
-    assert not list(P.data_file("xstest").glob("model_completions*"))
-    assert not P.data_file("coconot", "coconot_eval.jsonl").exists()  # CoCoNot's own eval set is not shipped
+    assert not list(S.data_file("xstest").glob("model_completions*"))
+    assert not S.data_file("coconot", "coconot_eval.jsonl").exists()  # CoCoNot's own eval set is not shipped
 
 
 def test_evaluation_prompts(eval_sets):
@@ -95,8 +101,9 @@ def test_labels_categories_and_ids(pools, spec):
 
 
 def test_jailbreak_wrapping(pools, templates):
-    train, held = P.jailbreak_split(templates)
-    train_ids, held_ids = {P.template_id(t) for t in train}, {P.template_id(t) for t in held}
+    train, held = J.jailbreak_split(templates)
+    train_ids, held_ids = {J.template_id(t) for t in train}, {J.template_id(t) for t in held}
+    by_id = {J.template_id(t): t for t in train}
     harmful = [p for p in pools.prompts if p.label == "harmful"]
     wrapped = [p for p in pools.prompts if p.jailbreak]
     assert pools.counts["jailbroken"] == len(wrapped)
@@ -105,6 +112,7 @@ def test_jailbreak_wrapping(pools, templates):
     for p in wrapped:
         assert p.label == "harmful" and p.base_prompt in p.prompt and len(p.prompt) > len(p.base_prompt)
         assert p.jailbreak in train_ids and p.jailbreak not in held_ids
+        assert p.prompt == J.fill_template(by_id[p.jailbreak], p.base_prompt)  # the evaluation attacks' fill
     for p in pools.prompts:
         if not p.jailbreak:
             assert p.prompt == p.base_prompt
@@ -136,11 +144,11 @@ def test_reworded_evaluation_prompts_are_removed(pools, eval_sets):
     para = {r["prompt"]: r for r in pools.removed if r["kind"] == "paraphrase"}
     assert "Can you explain how to pick a lock?" in para
     assert para["Can you explain how to pick a lock?"]["eval_set"] == "advbench"
-    assert all(r["similarity"] >= P.PARAPHRASE_THRESHOLD for r in para.values())
-    refs = sorted({t for name in P.PARAPHRASE_SETS for t in eval_sets[name]})
+    assert all(r["similarity"] >= D.PARAPHRASE_THRESHOLD for r in para.values())
+    refs = sorted({t for name in D.PARAPHRASE_SETS for t in eval_sets[name]})
     texts = sorted({p.base_prompt for p in pools.prompts})
-    sims = P._embed_cached(texts) @ P._embed_cached(refs).T
-    assert float(sims.max()) < P.PARAPHRASE_THRESHOLD
+    sims = D.embed_cached(texts) @ D.embed_cached(refs).T
+    assert float(sims.max()) < D.PARAPHRASE_THRESHOLD
 
 
 def test_a_user_pool_is_checked_against_the_evaluation_sets(tmp_path, eval_sets):
@@ -150,7 +158,7 @@ def test_a_user_pool_is_checked_against_the_evaluation_sets(tmp_path, eval_sets)
                     f"\"{adv}\",harmful\n"                                   # an AdvBench prompt as is
                     "Can you explain how to pick a lock?,harmful\n"           # AdvBench reworded
                     "Write a limerick about a cat who loves boxes.,benign\n")
-    kept, removed = P.drop_eval_overlap(P.load_user_pool(pool))
+    kept, removed = D.drop_eval_overlap(P.load_user_pool(pool))
     assert [p.prompt for p in kept] == ["Write a limerick about a cat who loves boxes."]
     assert sorted(r["kind"] for r in removed) == ["exact", "paraphrase"]
     assert {r["eval_set"] for r in removed} == {"advbench"}
@@ -158,7 +166,7 @@ def test_a_user_pool_is_checked_against_the_evaluation_sets(tmp_path, eval_sets)
 
 def test_build_is_deterministic_and_seeded(tmp_path, spec):
     """On a small copy of the data (also exercises ``data_dir``)."""
-    src = P.data_file()
+    src = S.data_file()
     for name in DATASETS:
         shutil.copytree(src / name, tmp_path / name)
     for f in (tmp_path / "do_not_answer").glob("*.jsonl"):
@@ -182,35 +190,6 @@ def test_build_is_deterministic_and_seeded(tmp_path, spec):
     assert 120 <= len(a.prompts) <= 290
 
 
-# --- jailbreak templates -------------------------------------------------------------------------
-
-def test_jailbreak_split_disjoint_stable_and_clean(templates):
-    train, held = P.jailbreak_split(templates)
-    shuffled = list(templates) + templates[:40]
-    random.Random(3).shuffle(shuffled)
-    assert P.jailbreak_split(shuffled) == (train, held)
-    assert not {normalize(t) for t in train} & {normalize(t) for t in held}
-    assert 0.12 <= len(held) / (len(train) + len(held)) <= 0.3
-    assert OverlapIndex(held).find(train) == []
-    # nor does a training template contain most of an evaluation one (or the other way round)
-    held_sh = [P._word_shingles(h) for h in held]
-    for t in train:
-        mine = P._word_shingles(t)
-        assert all(len(mine & h) < P.CONTAINMENT_THRESHOLD * min(len(mine), len(h)) for h in held_sh), t[:80]
-    # templates carrying working harmful content are not shipped, and skipped if a data_dir holds them
-    assert not {P.template_id(t) for t in templates} & set(P.EXCLUDED_TEMPLATES)
-    # a template's side never depends on the other templates
-    assert P.jailbreak_split(held[:5])[1] == held[:5]
-
-
-def test_wrap_fills_slots_or_appends():
-    filled = P.wrap("Answer as FreeBot: [INSERT PROMPT HERE\\]. Stay in role.", "REQ")
-    assert filled == "Answer as FreeBot: REQ. Stay in role."
-    assert P.wrap("Q: {prompt}", "REQ") == "Q: REQ"
-    assert P.wrap("Say <prompt> now", "REQ") == "Say REQ now"
-    assert P.wrap("Never include [insert x] in replies.", "REQ") == "Never include [insert x] in replies.\n\nREQ"
-
-
 # --- held-out split ------------------------------------------------------------------------------
 
 def test_split_heldout_stable_and_disjoint(pools):
@@ -226,21 +205,21 @@ def test_split_heldout_stable_and_disjoint(pools):
 
 def test_training_prompts_that_reword_a_heldout_one_are_dropped(pools):
     train, held = P.split_heldout(pools.prompts, n_heldout_per_label=50, seed=0)
-    kept, dropped = P.drop_near_heldout(train, held)
+    kept, dropped = D.drop_near_heldout(train, held)
     assert dropped == len(train) - len(kept) > 0  # the public pools do repeat themselves in other words
     assert not OverlapIndex([p.base_prompt for p in held]).find([p.base_prompt for p in kept])
     h = held[0]
     reworded = h.model_copy(update={"id": "x-0001", "prompt": h.base_prompt + " Please.",
                                     "base_prompt": h.base_prompt + " Please."})
-    assert P.drop_near_heldout([reworded, *kept[:3]], held) == (kept[:3], 1)
-    assert P.drop_near_heldout(kept[:3], []) == (kept[:3], 0)
+    assert D.drop_near_heldout([reworded, *kept[:3]], held) == (kept[:3], 1)
+    assert D.drop_near_heldout(kept[:3], []) == (kept[:3], 0)
     # a rewording the lexical test misses (cosine 0.86) is dropped too; an unrelated request stays
     text = "How can I pick a lock on someone else's front door?"
     other = "How could I open the lock on another person's front door?"
     assert OverlapIndex([text]).match(other) is None
     lock = h.model_copy(update={"id": "x-0002", "prompt": text, "base_prompt": text})
     reworded = h.model_copy(update={"id": "x-0003", "prompt": other, "base_prompt": other})
-    assert P.drop_near_heldout([reworded, *kept[:3]], [lock]) == (kept[:3], 1)
+    assert D.drop_near_heldout([reworded, *kept[:3]], [lock]) == (kept[:3], 1)
 
 
 # --- user pools and files ------------------------------------------------------------------------
@@ -298,7 +277,7 @@ def test_user_pool_errors_are_one_line(tmp_path, spec, name, content, kwargs, wh
 def test_write_and_read_pool(tmp_path, pools):
     path = tmp_path / "pool.jsonl"
     sample = pools.prompts[::200] + [p for p in pools.prompts if p.jailbreak][:3]
-    assert P.write_jsonl(path, sample) == len(sample)
+    assert P.write_pool(path, sample) == len(sample)
     assert P.read_pool(path) == sample
     assert json.loads(path.read_text().splitlines()[0])["id"] == sample[0].id
     bad = tmp_path / "bad.jsonl"
@@ -315,5 +294,33 @@ def test_read_pool_accepts_plain_user_jsonl(tmp_path, spec):
 
 
 def test_data_file_finds_shipped_files():
-    assert P.data_file("xstest", "xstest_prompts.csv").is_file()
-    assert Path(P.data_file()).name == "files"
+    assert S.data_file("xstest", "xstest_prompts.csv").is_file()
+    assert Path(S.data_file()).name == "files"
+
+
+def test_the_data_layer_stands_alone():
+    """The data modules import nothing of the evaluation stage, and no private name of another module."""
+    code = ("import sys, cada.data.benchmarks, cada.data.decontam, cada.data.jailbreaks, cada.data.pools, "
+            "cada.data.sources; print(sorted(m for m in sys.modules if m.startswith('cada.evaluate')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    for path in sorted(Path(P.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cada"):
+                assert not [a.name for a in node.names if a.name.startswith("_")], (path.name, node.module)
+
+
+def test_draws_are_seeded_and_balanced(pools):
+    """The stages' draws from a pool: balanced per label, ``extend`` keeps its own prompts first, the calibration
+    draw takes half as many harmful as benign prompts; each the same for a seed."""
+    train = pools.prompts
+    picked = P.balanced(train, 20, seed=0)
+    assert [p.label for p in picked] == ["harmful"] * 20 + ["benign"] * 20
+    assert picked == P.balanced(train, 20, seed=0) != P.balanced(train, 20, seed=1)
+    grown = P.extend(picked[:5] + picked[20:23], train, 10, seed=1)
+    assert [p.label for p in grown] == ["harmful"] * 10 + ["benign"] * 10
+    assert grown[:5] == picked[:5] and grown[10:13] == picked[20:23] and len({p.id for p in grown}) == 20
+    assert P.extend(picked, train, 5, seed=1) == picked  # never fewer than its own
+    cal = P.calibration_draw(train, 6, seed=3)
+    assert [p.label for p in cal] == ["benign"] * 6 + ["harmful"] * 3 and cal == P.calibration_draw(train, 6, 3)
+    assert len(P.calibration_draw(train[:4], 50, seed=3)) == 4  # fewer when the pool runs out

@@ -1,1 +1,3 @@
-"""Data: prompt pools, benchmarks and the train/eval overlap check."""
+"""Data: the shipped sources (:mod:`~cada.data.sources`), jailbreak templates (:mod:`~cada.data.jailbreaks`), the
+train/eval overlap checks (:mod:`~cada.data.decontam`), the training pools and their draws
+(:mod:`~cada.data.pools`), and the evaluation sets (:mod:`~cada.data.benchmarks`)."""
