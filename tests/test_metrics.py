@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from cada.evaluate import bootstrap_ci, breakdown, metrics
-from cada.utility import gsm8k_correct, reference_loglik
+from cada.evaluate.metrics import bootstrap_ci, breakdown, metrics
+from cada.evaluate.utility import gsm8k_correct, reference_loglik
 
 
 def test_rates_from_hand_labelled_records():

@@ -430,9 +430,9 @@ def test_grpo_vllm_recipe_names_real_trl_fields():
     import yaml
     from trl import GRPOConfig
 
-    from cada.train import TrainConfig
+    from cada.config import TrainConfig
 
-    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "grpo-vllm.yaml").read_text())
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "grpo-vllm.yaml").read_text())
     cfg = TrainConfig(**recipe)
     assert cfg.method == "grpo" and cfg.extra["use_vllm"] is True
     fields = {f.name for f in dataclasses.fields(GRPOConfig)}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cada.errors import CadaError
-from cada.evaluate import metrics as judged_metrics
+from cada.evaluate.metrics import metrics as judged_metrics
 from cada.evaluate.metrics import headline as pooled_headline
 from cada.report import (build_report, category_rates, headline_table, read_study_records, read_summary, verdict,
                          write_report)
@@ -303,7 +303,7 @@ def test_a_small_run_says_it_shows_the_pipeline_not_the_quality():
     base = {"systems": {"cada": {"label": "CADA"}}, "benchmarks": {"sr": {"kind": "harmful", "n": 4}},
             "training": {"cada": {"seconds": 1}}}
     small = summary_text({**base, "config": {"pool": {"limit_per_label": 24}}})
-    assert "24 prompts per label" in small and "configs/embedded-full.yaml" in small
+    assert "24 prompts per label" in small and "recipes/embedded-full.yaml" in small
     assert "prompts per label" not in summary_text({**base, "config": {"pool": {"limit_per_label": 250}}})
     assert "prompts per label" not in summary_text({**base, "config": {"pool": {"limit_per_label": None}}})
 

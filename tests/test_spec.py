@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cada.cli import app
-from cada.data.overlap import OverlapIndex, normalize
+from cada.data.decontam import OverlapIndex, normalize
 from cada.spec import DEFAULT_SPEC_DIR, SpecError, Verdict, load_spec
 
 runner = CliRunner()
@@ -30,9 +30,9 @@ def test_default_spec_covers_every_category_both_ways(spec):
 
 def test_no_evaluation_prompt_leaks_into_the_cases(spec):
     """No evaluation prompt (the shipped copies) appears in the spec, nearly or reworded, in a case request."""
-    from cada.data import pools as P
+    from cada.data import decontam as D
 
-    sets = P.evaluation_prompts()
+    sets = D.evaluation_prompts()
     evals = [t for texts in sets.values() for t in texts]
     spec_text = normalize(" ".join(p.read_text() for p in DEFAULT_SPEC_DIR.glob("*.yaml")))
     for e in map(normalize, evals):
@@ -40,7 +40,7 @@ def test_no_evaluation_prompt_leaks_into_the_cases(spec):
     hits = OverlapIndex(evals).find([c.request for c in spec.cases])
     assert not hits, [(spec.cases[h.index].id, h.reference, h.similarity) for h in hits]
     # nor reworded: a case is an illustration, not a near-copy of a benchmark request (C23 once was, at 0.75)
-    assert P.spec_eval_overlap(spec) == []
+    assert D.spec_eval_overlap(spec) == []
 
 
 def test_overlap_index_finds_exact_and_near_duplicates():

@@ -15,7 +15,9 @@ import pytest
 import yaml
 
 from cada.errors import CadaError
-from cada.study import SUITES, StudyConfig, demo_config, eval_items, run_study
+from cada.config import StudyConfig, demo_config, suites
+from cada.data.benchmarks import eval_items
+from cada.pipeline.study import run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,17 +78,17 @@ def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path,
     out = tmp_path / "study"
     # stopped while the second arm trains: the summary so far has the plain base model and the first arm (the
     # base model with the spec in its prompt is evaluated after the arms), and renders as an unfinished report
-    import cada.align
+    import cada.pipeline.align
     from cada.report import write_report
 
-    real_align = cada.align.align
+    real_align = cada.pipeline.align.align
 
     def stop_at_da(arm_cfg, *args, **kwargs):
         if arm_cfg.arm == "da":
             raise KeyboardInterrupt
         return real_align(arm_cfg, *args, **kwargs)
 
-    monkeypatch.setattr(cada.align, "align", stop_at_da)
+    monkeypatch.setattr(cada.pipeline.align, "align", stop_at_da)
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, out, show_progress=False)
     partial = json.loads((out / "summary.json").read_text())
@@ -94,7 +96,7 @@ def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path,
     assert list(partial["timings"])[:2] == ["pools", "eval base-none"] and "eval base-codes" not in partial["timings"]
     assert partial["headline"]["cada"]["harmful_refusal"] is not None and partial["wall_seconds"] > 0
     assert "This study is not finished: 2 of 5 systems" in write_report(out)["md"].read_text()
-    monkeypatch.setattr(cada.align, "align", real_align)
+    monkeypatch.setattr(cada.pipeline.align, "align", real_align)
     summary = run_study(cfg, out, show_progress=False)  # continues where it stopped
     assert "partial" not in summary and summary["wall_seconds"] > partial["wall_seconds"]
 
@@ -214,7 +216,7 @@ def test_study_config_errors_name_the_file_and_field(tmp_path):
         bad.write_text(text)
         with pytest.raises(CadaError, match=r"bad.yaml" + where):
             StudyConfig.from_yaml(bad)
-    from cada.align import AlignConfig
+    from cada.config import AlignConfig
 
     bad.write_text("arm: cada\npool: {limit_per_label: -3}\njudgement_per_label: 0\n")
     with pytest.raises(CadaError, match=r"bad.yaml:3: judgement_per_label: .*greater than or equal to 1 \(\+1 more\)$"):
@@ -226,7 +228,7 @@ def test_study_config_errors_name_the_file_and_field(tmp_path):
 
 
 def test_shipped_presets_load_and_use_only_evaluation_sets_for_evaluation():
-    full = StudyConfig.from_yaml(ROOT / "configs" / "embedded-full.yaml")
+    full = StudyConfig.from_yaml(ROOT / "recipes" / "embedded-full.yaml")
     assert full.model == "smollm2-135m"
     # the judgement stage and the warm-up draw from the whole pool, beyond the self-generation prompts, and every
     # stage is full fine-tuning as measured (docs/training.md)
@@ -234,21 +236,21 @@ def test_shipped_presets_load_and_use_only_evaluation_sets_for_evaluation():
     assert full.judgement and full.consistency and full.calibration_per_label
     assert {c.lora_r for c in (full.train, full.warmup_train, full.judgement_train, full.calibration_train)} == {0}
     assert set(full.arms) >= {"cada", "da"}
-    from cada.align import AlignConfig
+    from cada.config import AlignConfig
 
-    one = AlignConfig.from_yaml(ROOT / "configs" / "align-cada.yaml")  # the README's `cada align --config` example
+    one = AlignConfig.from_yaml(ROOT / "recipes" / "align-cada.yaml")  # the README's `cada align --config` example
     assert one.arm == "cada" and one.calibration_per_label and one.train.sft_weight
     with pytest.raises(CadaError, match=r"embedded-full.yaml: a study's config .*cada study --config"):
-        AlignConfig.from_yaml(ROOT / "configs" / "embedded-full.yaml")
+        AlignConfig.from_yaml(ROOT / "recipes" / "embedded-full.yaml")
     demo = demo_config()
-    assert demo.eval.sets() == SUITES["demo"]
+    assert demo.eval.sets() == suites()["demo"]
     items = [it for s in demo.eval.sets() for it in eval_items(s)]
     kinds = {it.kind for it in items}
     assert kinds == {"harmful", "benign", "utility"}
     assert {it.attack for it in items if it.attack} == {"prefix_injection", "refusal_suppression"}
     # a limited set covers every category of a category-sorted benchmark, not its first one or two
     from cada.data.benchmarks import load_benchmark
-    from cada.study import EvalSet
+    from cada.config import EvalSet
 
     for name, n in (("strongreject", 6), ("xstest-safe", 10)):
         every = load_benchmark(name)
@@ -313,14 +315,14 @@ def test_user_file_kind_is_checked(tmp_path):
 def test_the_eta_waits_for_a_stage_that_carries_weight():
     from rich.console import Console
 
-    from cada.study import _Clock
+    from cada.pipeline.study import Clock
 
     con = Console(record=True, width=200)
-    clock = _Clock([("pools", 1.0), ("eval a", 49.0), ("eval b", 50.0)], con)
+    clock = Clock({"pools": 1.0, "eval a": 49.0, "eval b": 50.0}, con)
     clock.t0 -= 10  # as if the pools had taken 10 s
     clock.done_w = 1.0  # a tiny stage done: its pace would promise a wild total
-    clock.run("eval a", lambda: None)
+    clock.announce("eval a", False)
     clock.done_w, clock.t0 = 50.0, clock.t0 - 90  # half the weight done in 100 s
-    clock.run("eval b", lambda: None)
+    clock.announce("eval b", False)
     lines = con.export_text().splitlines()
     assert "left" not in lines[0] and "about 2 min left" in lines[1], lines

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cada.errors import CadaError
-from cada.pairs import dpo_pairs, sft_set
+from cada.datasets import dpo_pairs, sft_set
 from cada.records import read_records
 from cada.selfgen import SelfGenConfig, self_generate
 
@@ -173,8 +173,8 @@ def test_sft_arms(spec):
 
 
 def test_warmup_set_uses_direct_answers_and_skips_refusals(spec):
-    from cada.align import warmup_set
-    from cada.data.pools import PoolPrompt
+    from cada.datasets import warmup_set
+    from cada.records import PoolPrompt
 
     def pp(pid, text, label, category="none"):
         return PoolPrompt(id=pid, prompt=text, base_prompt=text, label=label, category=category, source="user")
@@ -193,7 +193,7 @@ def test_warmup_set_uses_direct_answers_and_skips_refusals(spec):
 
 
 def test_precedent_refusals_are_supportive_only_for_self_harm(spec):
-    from cada.pairs import PrecedentWriter
+    from cada.datasets import PrecedentWriter
 
     w = PrecedentWriter(spec)
     # the nearest safe-completion case of this request is C07 (someone in danger at home, violent_crimes): a crime
@@ -209,8 +209,8 @@ def test_precedent_refusals_are_supportive_only_for_self_harm(spec):
 def test_judgement_rows_teach_the_decision_without_ending_the_turn(tiny_model):
     from transformers import AutoTokenizer
 
-    from cada.align import encode_judgement, judgement_set
-    from cada.data.pools import PoolPrompt
+    from cada.datasets import encode_judgement, judgement_set
+    from cada.records import PoolPrompt
     from cada.models.load import resolve_model
 
     prompts = [PoolPrompt(id="h", prompt="Help me steal a parked car", base_prompt="", label="harmful",
@@ -235,7 +235,8 @@ def test_judgement_rows_teach_the_decision_without_ending_the_turn(tiny_model):
 @pytest.mark.parametrize("method,lora,merge", [("dpo", 8, True), ("sft", 0, True), ("dpo", 4, False)])
 def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lora, merge, capfd):
     from cada.models import LocalGenerator, SamplingParams
-    from cada.train import TrainConfig, train
+    from cada.config import TrainConfig
+    from cada.train import train
 
     records = [rec("a", "harmful", 0, "comply", -1.0), rec("a", "harmful", 1, "refuse", 1.0),
                rec("c", "benign", 0, "comply", 1.0, category="none"), rec("c", "benign", 1, "refuse", -1.0)]
@@ -283,7 +284,8 @@ def test_train_produces_a_loadable_model(tmp_path, tiny_model, spec, method, lor
 
 
 def test_a_killed_training_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model, spec):
-    from cada.train import TrainConfig, train
+    from cada.config import TrainConfig
+    from cada.train import train
 
     records = [rec(p, label, i, judge, reward, category="none" if label == "benign" else "violent_crimes")
                for p, label in (("a", "harmful"), ("b", "harmful"), ("c", "benign"), ("d", "benign"))
@@ -314,7 +316,8 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(tmp_path, tiny_m
 
 
 def test_dpo_sft_weight_adds_the_chosen_nll_to_the_loss(tmp_path, tiny_model, spec):
-    from cada.train import TrainConfig, train
+    from cada.config import TrainConfig
+    from cada.train import train
 
     records = [rec("a", "harmful", 0, "comply", -1.0), rec("a", "harmful", 1, "refuse", 1.0),
                rec("c", "benign", 0, "comply", 1.0, category="none"), rec("c", "benign", 1, "refuse", -1.0)]
@@ -336,7 +339,8 @@ def test_dpo_sft_weight_adds_the_chosen_nll_to_the_loss(tmp_path, tiny_model, sp
 
 
 def test_grpo_with_the_judge_reward(tmp_path, tiny_model):
-    from cada.train import TrainConfig, train
+    from cada.config import TrainConfig
+    from cada.train import train
 
     rows = [{"prompt": [{"role": "user", "content": p["prompt"]}], "label": p["label"]} for p in PROMPTS]
     model_dir = train(tiny_model, rows, tmp_path / "grpo", TrainConfig(
@@ -352,7 +356,8 @@ def test_grpo_with_the_judge_reward(tmp_path, tiny_model):
 
 
 def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model, capsys):
-    from cada.align import AlignConfig, GenConfig, PoolConfig, TrainCfg, align
+    from cada.config import AlignConfig, GenConfig, PoolConfig, StageTraining as TrainCfg
+    from cada.pipeline.align import align
 
     pool = tmp_path / "pool.csv"
     with pool.open("w", newline="") as f:
@@ -512,7 +517,8 @@ def test_later_rounds_generate_locally_even_with_a_server_configured(tmp_path, t
     """Round 2 samples from the policy trained in round 1, a local folder: never sent to $CADA_BASE_URL's server."""
     import socket
 
-    from cada.align import AlignConfig, GenConfig, PoolConfig, TrainCfg, align
+    from cada.config import AlignConfig, GenConfig, PoolConfig, StageTraining as TrainCfg
+    from cada.pipeline.align import align
 
     pool = tmp_path / "pool.csv"
     with pool.open("w", newline="") as f:
@@ -549,7 +555,7 @@ def test_ddp_training_with_two_cpu_processes(tmp_path, tiny_model, spec):
     data = tmp_path / "sft.jsonl"
     write_records(data, sft_set(records, spec, "dr")[0])
     # accelerate's CPU launcher starts one process (multi-CPU needs MPI), so the DDP path is driven by torchrun,
-    # which `accelerate launch --config_file configs/accelerate/ddp.yaml` also uses on GPUs
+    # which `accelerate launch --config_file recipes/accelerate/ddp.yaml` also uses on GPUs
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cada.cli", "train",
            "--method", "sft",
            "--model", tiny_model, "--data", str(data), "--output", str(tmp_path / "ddp"), "--batch-size", "1",
@@ -566,7 +572,8 @@ def test_top_layers_trains_only_the_top_of_the_stack(tmp_path, tiny_model, spec)
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cada.train import TrainConfig, train
+    from cada.config import TrainConfig
+    from cada.train import train
 
     records = [rec("a", "harmful", 0, "comply", -1.0), rec("c", "benign", 0, "comply", 1.0, category="none")]
     model_dir = train(tiny_model, sft_set(records, spec, "cr")[0], tmp_path / "top", TrainConfig(
@@ -619,7 +626,8 @@ def test_train_cli_takes_a_config_file_that_flags_override(tmp_path, tiny_model,
 
 def test_an_empty_training_file_is_a_clear_error(tmp_path):
     from cada.errors import CadaError
-    from cada.train import TrainConfig, train
+    from cada.config import TrainConfig
+    from cada.train import train
 
     empty = tmp_path / "pairs.jsonl"
     empty.write_text("\n")
@@ -633,12 +641,13 @@ def test_training_args_use_the_current_checkpointing_option(tmp_path):
     import torch
     from trl import DPOConfig
 
-    from cada.train import TrainConfig, _common_args
+    from cada.config import TrainConfig
+    from cada.train import trl_args
 
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*gradient_checkpointing.*deprecated")
-        args = DPOConfig(**_common_args(TrainConfig(), tmp_path))
-        mine = DPOConfig(**_common_args(TrainConfig(extra={"activation_checkpointing": True}), tmp_path))
+        args = DPOConfig(**trl_args(TrainConfig(), tmp_path))
+        mine = DPOConfig(**trl_args(TrainConfig(extra={"activation_checkpointing": True}), tmp_path))
     assert args.gradient_checkpointing is torch.cuda.is_available()  # off on the CPU: it only costs time there
     assert mine.gradient_checkpointing is True
 
@@ -647,12 +656,13 @@ def test_bf16_autocast_on_the_cpu_keeps_float32_weights_and_changes_the_numerics
     """bf16 autocast where the hardware has it (a CPU with AVX512-BF16 / AMX trains faster under it); forced on
     here, it must run on any CPU, keep float32 weights, and actually compute in bf16 (other weights than float32)."""
     from cada.models.load import cpu_bf16_native
-    from cada.train import TrainConfig, _common_args, bf16_autocast, train
+    from cada.config import TrainConfig
+    from cada.train import bf16_autocast, train, trl_args
 
-    assert _common_args(TrainConfig(), tmp_path)["bf16"] is bf16_autocast()
+    assert trl_args(TrainConfig(), tmp_path)["bf16"] is bf16_autocast()
     if not __import__("torch").cuda.is_available():  # the CPU decides: AVX512-BF16 or AMX
         assert bf16_autocast() is cpu_bf16_native()
-    assert _common_args(TrainConfig(bf16=False), tmp_path)["bf16"] is False
+    assert trl_args(TrainConfig(bf16=False), tmp_path)["bf16"] is False
     records = [rec("a", "harmful", 0, "comply", -1.0), rec("a", "harmful", 1, "refuse", 1.0),
                rec("c", "benign", 0, "comply", 1.0, category="none"), rec("c", "benign", 1, "refuse", -1.0)]
     rows = sft_set(records, spec, "cr")[0]
@@ -673,9 +683,9 @@ def test_bf16_autocast_on_the_cpu_keeps_float32_weights_and_changes_the_numerics
 
 
 def test_settings_an_arm_never_reads_are_named():
-    from cada.align import AlignConfig
+    from cada.config import AlignConfig
 
-    cfg = AlignConfig.from_yaml(Path(__file__).parents[1] / "configs/align-cada.yaml")
+    cfg = AlignConfig.from_yaml(Path(__file__).parents[1] / "recipes/align-cada.yaml")
     assert cfg.unused_settings() == []  # the shipped config uses everything it sets
     sft = cfg.model_copy(update={"arm": "sft-dr", "calibration_per_label": None})
     assert sft.unused_settings() == ["warmup", "judgement", "consistency", "warmup_per_label",

@@ -16,6 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cada import __version__
+from cada.config import (DEFAULT_MODEL, AlignConfig, EvalConfig, EvalSet, GenConfig, PoolConfig, Recipe,
+                         SelfGenConfig, TrainConfig, describe)
 from cada.errors import CadaError
 
 
@@ -41,6 +43,12 @@ out = Console() if sys.stdout.isatty() else Console(width=160)  # piped output: 
 err = Console(stderr=True, soft_wrap=True)  # errors and warnings stay one line each, whatever the width
 
 # shared options ---------------------------------------------------------------------------------
+def _opt(cls, name: str, *flags: str, **kw):
+    """A flag whose help is the config field's description (one help text per setting); its default is None, so
+    it overrides a config file only when given."""
+    return typer.Option(*flags, help=describe(cls, name), **kw)
+
+
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Embedded alias (smollm2-135m), local HF folder, "
                                        "or hub id (downloads only then).")]
 SpecOpt = Annotated[Optional[Path], typer.Option("--spec", help="Spec folder or YAML file (default: the shipped "
@@ -112,7 +120,7 @@ def spec_validate(path: Annotated[Path, typer.Argument(help="Spec folder or YAML
               f"categories, {len(spec.codes.rules)} rules, {len(spec.cases)} cases "
               f"({', '.join(f'{v} {k}' for k, v in counts.items())})", markup=False, highlight=False)
     if not no_overlap:
-        from cada.data.pools import spec_eval_overlap
+        from cada.data.decontam import spec_eval_overlap
 
         # a case sits in the prompt of every `cases` answer: one that is (or rewords) an evaluation prompt leaks it
         for f in spec_eval_overlap(spec):
@@ -168,7 +176,8 @@ def reason(
     spec: SpecOpt = None,
     k: Annotated[int, typer.Option("--k", min=0, help="Precedents in the prompt for --mode cases: the k most "
                                    "similar by embedding; 0 = all.")] = 6,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 256,
+    max_new_tokens: Annotated[int, _opt(GenConfig, "max_new_tokens", "--max-new-tokens", min=1)
+                              ] = GenConfig().max_new_tokens,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -294,44 +303,22 @@ def judge_calibrate(
 
 
 # training ---------------------------------------------------------------------------------------
-def _pool_prompts(pool: Optional[Path], limit: Optional[int], seed: int):
-    from cada.data import pools as P
-
-    if pool is not None:
-        prompts = P.load_user_pool(pool) if pool.suffix in (".csv", ".json") else P.read_pool(pool)
-        # the shipped pools' own check for a user's prompts (a pool `cada align` wrote was checked when built)
-        user = [p for p in prompts if p.source == "user"]
-        _, removed = P.drop_eval_overlap(user) if user else ([], [])
-        gone = {r["id"] for r in removed}
-        prompts = [p for p in prompts if p.id not in gone]
-        if removed:
-            err.print(f"{pool}: {len(removed)} prompts overlap an evaluation prompt (exactly, nearly or reworded) "
-                      "and were left out", markup=False, highlight=False)
-    else:
-        prompts = P.build_pools(seed=seed).prompts
-    if limit:
-        from cada.align import _balanced
-
-        prompts = _balanced(prompts, limit, seed)
-    return prompts
-
-
 @app.command("generate")
 def generate_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Records JSONL (appended; resumes).")],
     pool: Annotated[Optional[Path], typer.Option("--pool", help="Prompt pool (JSONL from `cada align`, or a "
                                                  "CSV/JSON/JSONL with prompt,label[,category]); default: "
                                                  "the shipped training pools.")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="cases (CADA) | codes (rules-only DA) | none.")] = "cases",
-    model: ModelOpt = "smollm2-135m",
+    mode: Annotated[Optional[str], _opt(SelfGenConfig, "mode", "--mode")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
     spec: SpecOpt = None,
-    n: Annotated[int, typer.Option("--n", min=1, help="Chains per prompt.")] = 4,
-    k: Annotated[int, typer.Option("--k", min=0, help="Precedents in context (0 = all).")] = 6,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.9,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 192,
+    n: Annotated[Optional[int], _opt(SelfGenConfig, "n", "--n")] = None,
+    k: Annotated[Optional[int], _opt(SelfGenConfig, "k", "--k")] = None,
+    temperature: Annotated[Optional[float], _opt(SelfGenConfig, "temperature", "--temperature")] = None,
+    max_new_tokens: Annotated[Optional[int], _opt(SelfGenConfig, "max_new_tokens", "--max-new-tokens")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many prompts per label.")
                      ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[Optional[int], _opt(SelfGenConfig, "seed", "--seed")] = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     backend: BackendOpt = "auto",
@@ -340,20 +327,20 @@ def generate_cmd(
 ) -> None:
     """Self-generate N judged safety-reasoning chains per prompt (resumable JSONL records)."""
     from cada.models.generate import make_generator
-    from cada.reasoning import Mode
-    from cada.selfgen import SelfGenConfig, self_generate, summarize
+    from cada.pipeline.pools import generation_prompts
+    from cada.selfgen import self_generate, summarize
     from cada.spec.schema import load_spec
 
-    try:
-        Mode(mode)
-    except ValueError:
-        raise CadaError(f"--mode {mode!r}: use cases, codes or none") from None
+    cfg = SelfGenConfig().with_values({"mode": mode, "n": n, "k": k, "temperature": temperature,
+                                       "max_new_tokens": max_new_tokens, "seed": seed})
     s = load_spec(spec)
-    prompts = _pool_prompts(pool, limit, seed)
+    prompts, removed = generation_prompts(pool, limit, cfg.seed)
+    if removed:
+        err.print(f"{pool}: {removed} prompts overlap an evaluation prompt (exactly, nearly or reworded) and were "
+                  "left out", markup=False, highlight=False)
     gen = make_generator(model, base_url=base_url, api_key=api_key, backend=backend,
                          tensor_parallel_size=tensor_parallel_size, concurrency=concurrency)
-    records = self_generate(prompts, gen, s, output, SelfGenConfig(mode=mode, n=n, k=k, temperature=temperature,
-                                                                   max_new_tokens=max_new_tokens, seed=seed))
+    records = self_generate(prompts, gen, s, output, cfg)
     out.print_json(data={"records": len(records), "output": str(output), **summarize(records)})
 
 
@@ -365,12 +352,12 @@ def pairs_cmd(
     spec: SpecOpt = None,
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="DPO: skip prompts without a good own "
                                               "sample instead of writing a precedent-grounded chain.")] = False,
-    consistency: Annotated[bool, typer.Option("--consistency/--no-consistency", help="DPO: add twins that keep "
-                                              "the chosen analysis and swap in the wrong answer.")] = False,
+    consistency: Annotated[bool, typer.Option("--consistency/--no-consistency",
+                                              help=describe(Recipe, "consistency"))] = False,
 ) -> None:
     """Build context-distilled DPO pairs or an SFT set from self-generated records."""
-    from cada.pairs import dpo_pairs, sft_set
-    from cada.records import read_records, write_records
+    from cada.datasets import dpo_pairs, sft_set
+    from cada.records import read_records, require, write_records
     from cada.spec.schema import load_spec
 
     if not records.is_file():
@@ -379,18 +366,11 @@ def pairs_cmd(
         raise CadaError(f"--kind {kind!r}: use dpo, sft-dr, sft-sc or sft-cr")
     s = load_spec(spec)
     recs = read_records(records)
-    need = ("id", "prompt", "label", "sample", "response", "judge", "reward")
-    for i, r in enumerate(recs, 1):
-        missing = [c for c in need if c not in r]
-        if missing:
-            raise CadaError(f"{records}: record {i} lacks {', '.join(missing)}: give records written by "
-                            "`cada generate`")
+    require(recs, "chain", records)
     if kind == "dpo":
         rows, stats = dpo_pairs(recs, s, precedent_fallback=not no_fallback, consistency=consistency)
-    elif kind in ("sft-dr", "sft-sc", "sft-cr"):
-        rows, stats = sft_set(recs, s, kind.split("-")[1])
     else:
-        raise CadaError(f"--kind {kind!r}: use dpo, sft-dr, sft-sc or sft-cr")
+        rows, stats = sft_set(recs, s, kind.split("-")[1])
     write_records(output, rows)
     out.print_json(data={"output": str(output), **stats})
 
@@ -400,38 +380,34 @@ def train_cmd(
     data: Annotated[Path, typer.Option("--data", help="JSONL: DPO pairs, SFT messages, or GRPO prompts with a "
                                        "label column.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder; the model lands in OUTPUT/model.")],
-    method: Annotated[Optional[str], typer.Option("--method", help="dpo | sft | grpo (default dpo).")] = None,
-    model: ModelOpt = "smollm2-135m",
+    method: Annotated[Optional[str], _opt(TrainConfig, "method", "--method")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML of TrainConfig fields (its `extra` goes "
                                                    "to the TRL config as is); flags override it.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Default 2e-4.")] = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Default 1.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Default 8.")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Default 1.")] = None,
-    beta: Annotated[Optional[float], typer.Option("--beta", help="DPO/GRPO KL strength (default 0.1).")] = None,
-    sft_weight: Annotated[Optional[float], typer.Option("--sft-weight", help="DPO: add the NLL of the chosen side "
-                                                        "with this weight (RPO; default 0).")] = None,
-    lora_r: Annotated[Optional[int], typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning (default "
-                                                  "16).")] = None,
-    top_layers: Annotated[Optional[int], typer.Option("--top-layers", help="With --lora-r 0: train only the top "
-                                                      "N decoder layers.")] = None,
-    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Default 768.")] = None,
+    lr: Annotated[Optional[float], _opt(TrainConfig, "learning_rate", "--lr")] = None,
+    epochs: Annotated[Optional[float], _opt(TrainConfig, "epochs", "--epochs")] = None,
+    batch_size: Annotated[Optional[int], _opt(TrainConfig, "batch_size", "--batch-size")] = None,
+    grad_accum: Annotated[Optional[int], _opt(TrainConfig, "grad_accum", "--grad-accum")] = None,
+    beta: Annotated[Optional[float], _opt(TrainConfig, "beta", "--beta")] = None,
+    sft_weight: Annotated[Optional[float], _opt(TrainConfig, "sft_weight", "--sft-weight")] = None,
+    lora_r: Annotated[Optional[int], _opt(TrainConfig, "lora_r", "--lora-r")] = None,
+    top_layers: Annotated[Optional[int], _opt(TrainConfig, "top_layers", "--top-layers")] = None,
+    max_length: Annotated[Optional[int], _opt(TrainConfig, "max_length", "--max-length")] = None,
     no_merge: Annotated[bool, typer.Option("--no-merge", help="Keep only the LoRA adapter.")] = False,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    report_to: Annotated[Optional[str], typer.Option("--report-to", help="auto | tensorboard | wandb | "
-                                                     "none.")] = None,
+    seed: Annotated[Optional[int], _opt(TrainConfig, "seed", "--seed")] = None,
+    report_to: Annotated[Optional[str], _opt(TrainConfig, "report_to", "--report-to")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
 ) -> None:
     """Train with TRL (DPO, SFT or GRPO; LoRA by default). Works under `accelerate launch`."""
-    from cada.train import load_train_config, train, train_config
+    from cada.train import load_train_config, train
 
     fields = load_train_config(config) if config else {}
     flags = {"method": method, "learning_rate": lr, "epochs": epochs, "batch_size": batch_size,
              "grad_accum": grad_accum, "beta": beta, "sft_weight": sft_weight, "lora_r": lora_r,
-             "top_layers": top_layers,
-             "max_length": max_length, "seed": seed, "report_to": report_to, "merge": False if no_merge else None}
+             "top_layers": top_layers, "max_length": max_length, "seed": seed, "report_to": report_to,
+             "merge": False if no_merge else None}
     fields.update({k: v for k, v in flags.items() if v is not None})
-    cfg = train_config(**fields)
+    cfg = TrainConfig().with_values(fields)
     path = train(model, data, output, cfg, trust_remote_code=trust_remote_code)
     out.print(f"model: {path}", markup=False, highlight=False)
 
@@ -439,54 +415,35 @@ def train_cmd(
 @app.command("align")
 def align_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (resumes when it exists).")],
-    arm: Annotated[str, typer.Option("--arm", help="cada | da | sft-dr | sft-sc | sft-cr.")] = "cada",
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML AlignConfig; flags below override "
-                                                   "it.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Policy to align (default "
-                                                 "smollm2-135m).")] = None,
+    arm: Annotated[Optional[str], _opt(AlignConfig, "arm", "--arm")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML AlignConfig (see recipes/); flags "
+                                                   "below override it.")] = None,
+    model: Annotated[Optional[str], _opt(AlignConfig, "model", "--model", "-m")] = None,
     spec: SpecOpt = None,
-    pool: Annotated[Optional[Path], typer.Option("--pool", help="Your own prompt pool (CSV/JSON/JSONL with "
-                                                 "prompt,label[,category]).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Training prompts per label (CPU-sized "
-                                                 "runs).")] = None,
-    n: Annotated[Optional[int], typer.Option("--n", min=1, help="Chains per prompt.")] = None,
-    rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Regenerate with the trained policy and "
-                                                  "train again.")] = None,
-    warmup: Annotated[Optional[bool], typer.Option("--warmup/--no-warmup", help="SFT warm-up on "
-                                                   "precedent-grounded chains before DPO.")] = None,
-    warmup_per_label: Annotated[Optional[int], typer.Option(
-        "--warmup-per-label", min=1, help="Warm-up prompts per label: the self-generation prompts, then more from "
-        "the whole training pool up to this many (default: the self-generation prompts alone).")] = None,
-    judgement: Annotated[Optional[bool], typer.Option("--judgement/--no-judgement", help="Before the warm-up, SFT "
-                                                      "on the judgement line alone (harmful or benign).")] = None,
-    judgement_per_label: Annotated[Optional[int], typer.Option(
-        "--judgement-per-label", min=1, help="Judgement-stage prompts per label from the whole training pool, "
-        "always including the warm-up prompts (default: just those).")] = None,
-    calibration_per_label: Annotated[Optional[int], typer.Option(
-        "--calibration-per-label", min=2, help="After DPO, a last pass on this many fresh benign prompts and half "
-        "as many harmful ones (judgement lines and whole warm-up rows; off by default).")] = None,
+    pool: Annotated[Optional[Path], _opt(PoolConfig, "user_pool", "--pool")] = None,
+    limit: Annotated[Optional[int], _opt(PoolConfig, "limit_per_label", "--limit", min=1)] = None,
+    n: Annotated[Optional[int], _opt(GenConfig, "n", "--n", min=1)] = None,
+    rounds: Annotated[Optional[int], _opt(AlignConfig, "rounds", "--rounds", min=1)] = None,
+    warmup: Annotated[Optional[bool], _opt(AlignConfig, "warmup", "--warmup/--no-warmup")] = None,
+    warmup_per_label: Annotated[Optional[int], _opt(AlignConfig, "warmup_per_label", "--warmup-per-label",
+                                                    min=1)] = None,
+    judgement: Annotated[Optional[bool], _opt(AlignConfig, "judgement", "--judgement/--no-judgement")] = None,
+    judgement_per_label: Annotated[Optional[int], _opt(AlignConfig, "judgement_per_label",
+                                                       "--judgement-per-label", min=1)] = None,
+    calibration_per_label: Annotated[Optional[int], _opt(AlignConfig, "calibration_per_label",
+                                                         "--calibration-per-label", min=2)] = None,
     base_url: BaseUrlOpt = None,
 ) -> None:
     """Run one arm end to end: pools, self-generation, judged pairs/SFT set, training."""
-    from pydantic import ValidationError
-
-    from cada.align import AlignConfig, align
-    from cada.errors import validation_message
+    from cada.pipeline.align import align
 
     cfg = AlignConfig.from_yaml(config) if config else AlignConfig()
-    upd = {"arm": arm, "model": model, "spec": str(spec) if spec else None, "rounds": rounds, "warmup": warmup,
-           "base_url": base_url, "warmup_per_label": warmup_per_label, "judgement": judgement,
-           "judgement_per_label": judgement_per_label, "calibration_per_label": calibration_per_label}
-    cfg = cfg.model_copy(update={k: v for k, v in upd.items() if v is not None})
-    if pool is not None or limit is not None:
-        cfg.pool = cfg.pool.model_copy(update={k: v for k, v in {"user_pool": str(pool) if pool else None,
-                                                                  "limit_per_label": limit}.items() if v})
-    if n is not None:
-        cfg.generation = cfg.generation.model_copy(update={"n": n})
-    try:
-        cfg = AlignConfig.model_validate(cfg.model_dump())
-    except ValidationError as e:
-        raise CadaError(validation_message(e)) from None
+    cfg = cfg.with_values({"arm": arm, "model": model, "spec": str(spec) if spec else None, "rounds": rounds,
+                           "warmup": warmup, "base_url": base_url, "warmup_per_label": warmup_per_label,
+                           "judgement": judgement, "judgement_per_label": judgement_per_label,
+                           "calibration_per_label": calibration_per_label,
+                           "pool.user_pool": str(pool) if pool else None, "pool.limit_per_label": limit,
+                           "generation.n": n})
     summary = align(cfg, output)
     out.print_json(data=summary)
 
@@ -514,41 +471,32 @@ def _metrics_table(rows: dict[str, dict], title: str) -> Table:
 def eval_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for records.jsonl + metrics.json "
                                          "(resumes when it exists).")],
-    model: ModelOpt = "smollm2-135m",
-    dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Your own CSV / JSON / JSONL of "
-                                                    "prompts.")] = None,
-    prompt_column: Annotated[str, typer.Option("--prompt-column", help="Prompt column of --dataset.")] = "prompt",
-    kind: Annotated[Optional[str], typer.Option("--kind", help="harmful | benign | utility (with --dataset).")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    dataset: Annotated[Optional[Path], _opt(EvalSet, "file", "--dataset")] = None,
+    prompt_column: Annotated[str, _opt(EvalSet, "prompt_column", "--prompt-column")] = "prompt",
+    kind: Annotated[Optional[str], _opt(EvalSet, "kind", "--kind")] = None,
     spec: SpecOpt = None,
-    reference_column: Annotated[Optional[str], typer.Option("--reference-column", help="Reference answers "
-                                                            "(utility sets).")] = None,
-    benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="A shipped benchmark: "
-                                                     "strongreject, strongreject-small, advbench, xstest-safe, "
-                                                     "xstest-unsafe, gsm8k.")] = None,
+    reference_column: Annotated[Optional[str], _opt(EvalSet, "reference_column", "--reference-column")] = None,
+    benchmark: Annotated[Optional[str], _opt(EvalSet, "benchmark", "--benchmark", "-b")] = None,
     suite: Annotated[Optional[str], typer.Option("--suite", help="Named suite: default | demo | full (one "
                                                  "subfolder per set).")] = None,
     mode: Annotated[str, typer.Option("--mode", help="none | codes | cases.")] = "none",
-    attack: Annotated[Optional[list[str]], typer.Option("--attack", help="Jailbreak wrapper (repeatable): "
-                                                        "inthewild, prefix_injection, refusal_suppression.")] = None,
-    attack_file: Annotated[Optional[Path], typer.Option("--attack-file", help="CSV of ready-made attack "
-                                                        "prompts (column --attack-column).")] = None,
-    attack_column: Annotated[str, typer.Option("--attack-column")] = "prompt",
-    templates: Annotated[int, typer.Option("--templates", min=1, help="In-the-wild templates per prompt.")] = 2,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="N prompts (before wrapping), spread over "
-                                                                       "the set's categories.")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 192,
-    k: Annotated[int, typer.Option("--k", min=0, help="Precedents in context for --mode cases (0 = all).")] = 6,
-    judge: Annotated[str, typer.Option("--judge", help="refusal (offline) | rubric (StrongREJECT rubric over "
-                                       "--judge-base-url).")] = "refusal",
-    judge_base_url: Annotated[Optional[str], typer.Option("--judge-base-url", envvar="CADA_JUDGE_BASE_URL",
-                                                          help="OpenAI-compatible server for the rubric "
-                                                          "judge.")] = None,
-    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Model name on that server.")] = None,
+    attack: Annotated[Optional[list[str]], _opt(EvalSet, "attacks", "--attack")] = None,
+    attack_file: Annotated[Optional[Path], _opt(EvalSet, "attack_file", "--attack-file")] = None,
+    attack_column: Annotated[str, _opt(EvalSet, "attack_column", "--attack-column")] = "prompt",
+    templates: Annotated[Optional[int], _opt(EvalSet, "templates", "--templates", min=1)] = None,
+    limit: Annotated[Optional[int], _opt(EvalSet, "limit", "--limit", min=1)] = None,
+    max_new_tokens: Annotated[Optional[int], _opt(EvalConfig, "max_new_tokens", "--max-new-tokens", min=1)] = None,
+    k: Annotated[Optional[int], _opt(EvalConfig, "k", "--k", min=0)] = None,
+    judge: Annotated[Optional[str], _opt(EvalConfig, "judge", "--judge")] = None,
+    judge_base_url: Annotated[Optional[str], _opt(EvalConfig, "judge_base_url", "--judge-base-url",
+                                                  envvar="CADA_JUDGE_BASE_URL")] = None,
+    judge_model: Annotated[Optional[str], _opt(EvalConfig, "judge_model", "--judge-model")] = None,
     judge_api_key: Annotated[Optional[str], typer.Option("--judge-api-key", envvar="CADA_JUDGE_API_KEY",
                                                          show_default=False, help="API key of the judge server "
                                                          "(better: set CADA_JUDGE_API_KEY; else CADA_API_KEY).")
                              ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    batch_size: Annotated[Optional[int], _opt(EvalConfig, "batch_size", "--batch-size", min=1)] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
@@ -557,18 +505,18 @@ def eval_cmd(
     concurrency: ConcurrencyOpt = 8,
 ) -> None:
     """Evaluate a model on a benchmark, your own file, or a named suite; rates with 95% bootstrap intervals."""
-    from cada.evaluate import evaluate
-    from cada.judges.refusal import RefusalJudge
+    from cada.config import suite as named_suite
+    from cada.evaluate.run import evaluate_model, load_sets, make_judges
     from cada.models.generate import make_generator
     from cada.reasoning import Mode
+    from cada.records import write_json
     from cada.spec.schema import load_spec
-    from cada.study import SUITES, EvalSet, eval_items
 
     try:
         Mode(mode)
     except ValueError:
         raise CadaError(f"--mode {mode!r}: use none, codes or cases") from None
-    if judge not in ("refusal", "rubric"):
+    if judge is not None and judge not in ("refusal", "rubric"):
         raise CadaError(f"--judge {judge!r}: use refusal or rubric")
     chosen = [x for x in (dataset, benchmark, suite) if x is not None]
     if len(chosen) != 1:
@@ -580,43 +528,30 @@ def eval_cmd(
             raise CadaError("--kind is required with --dataset: harmful, benign or utility")
         if kind not in ("harmful", "benign", "utility"):
             raise CadaError(f"--kind {kind!r}: use harmful, benign or utility")
+    attacks = {"attacks": attack, "templates": templates, "limit": limit,
+               "attack_file": str(attack_file) if attack_file else None, "attack_column": attack_column}
+    if suite is not None:
+        sets = [x.with_values({"limit": limit}) for x in named_suite(suite)]
+    elif dataset is not None:
         sets = [EvalSet(name=dataset.stem, file=str(dataset), prompt_column=prompt_column, kind=kind,
-                        reference_column=reference_column, limit=limit, attacks=attack or [], templates=templates,
-                        attack_file=str(attack_file) if attack_file else None, attack_column=attack_column)]
-    elif benchmark is not None:
-        sets = [EvalSet(name=benchmark, limit=limit, attacks=attack or [], templates=templates,
-                        attack_file=str(attack_file) if attack_file else None, attack_column=attack_column)]
+                        reference_column=reference_column).with_values(attacks)]
     else:
-        if suite not in SUITES:
-            raise CadaError(f"--suite {suite!r}: use one of {', '.join(SUITES)}")
-        sets = [x.model_copy(update={"limit": limit}) if limit else x for x in SUITES[suite]]
+        sets = [EvalSet(name=benchmark).with_values(attacks)]
     if attack_file is not None and not attack_file.is_file():
         raise CadaError(f"{attack_file}: attack file not found")
-    rubric = None
-    if judge == "rubric":
-        from cada.judges.rubric import RubricJudge
-
-        if not judge_base_url:
-            raise CadaError("--judge rubric needs --judge-base-url (or $CADA_JUDGE_BASE_URL)")
-        # the judge's own key: the policy server's --api-key is never sent to another server
-        rubric = RubricJudge(make_generator(judge_model, base_url=judge_base_url, api_key=judge_api_key,
-                                            backend="http"))
-    loaded = [(s, eval_items(s)) for s in sets]
-    for s, items in loaded:
-        if not items:
-            raise CadaError(f"{s.file or s.name}: no prompts to evaluate")
+    cfg = EvalConfig().with_values({"max_new_tokens": max_new_tokens, "k": k, "judge": judge,
+                                    "judge_base_url": judge_base_url, "judge_model": judge_model,
+                                    "batch_size": batch_size})
+    # the judge's own key: the policy server's --api-key is never sent to another server
+    judges = make_judges(cfg, api_key=judge_api_key)
+    loaded = load_sets(sets)
     s = load_spec(spec)
-    gen = make_generator(model, base_url=base_url, api_key=api_key, batch_size=batch_size, backend=backend,
+    gen = make_generator(model, base_url=base_url, api_key=api_key, batch_size=cfg.batch_size, backend=backend,
                          tensor_parallel_size=tensor_parallel_size, concurrency=concurrency)
-    j = RefusalJudge.load()
-    results = {}
-    for es, items in loaded:
-        folder = output if suite is None else output / es.name
-        results[es.name] = evaluate(items, gen, s, folder, mode=mode, k=k, max_new_tokens=max_new_tokens,
-                                    judge=j, rubric=rubric if items[0].kind == "harmful" else None, seed=seed)
+    results = evaluate_model(gen, loaded, s, lambda es: output if suite is None else output / es.name, cfg,
+                             mode=mode, judges=judges, seed=seed)
     if suite is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "metrics.json").write_text(json.dumps(results, indent=2))
+        write_json(output / "metrics.json", results)
     out.print(_metrics_table(results, f"{model} ({mode})"))
     for name, m in results.items():
         if "by_attack" in m:
@@ -642,14 +577,16 @@ def _print_summary(summary: dict, output: Path) -> None:
 
 @app.command("study")
 def study_cmd(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Study YAML (see configs/).")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Study YAML (see recipes/), or a shipped preset "
+                                         "by name (demo).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Study folder (resumes when it "
                                                    "exists); default runs/<name>.")] = None,
 ) -> None:
     """Run the paper's study at any size from a YAML config: base x reasoning modes, trained arms, report."""
-    from cada.study import StudyConfig, run_study
+    from cada.config import load_study
+    from cada.pipeline.study import run_study
 
-    cfg = StudyConfig.from_yaml(config)
+    cfg = load_study(config)
     output = output or Path("runs") / cfg.name
     _print_summary(run_study(cfg, output), output)
 
@@ -661,7 +598,8 @@ def demo_cmd(
     model: ModelOpt = "smollm2-135m",
 ) -> None:
     """The whole study at CPU size on the embedded model (about 15 minutes on two cores), with a report."""
-    from cada.study import demo_config, run_study
+    from cada.config import demo_config
+    from cada.pipeline.study import run_study
 
     _print_summary(run_study(demo_config(model), output), output)
 

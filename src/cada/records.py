@@ -136,20 +136,31 @@ class EvalRecord(TypedDict, total=False):
     rubric: dict
 
 
-#: the fields a stage needs from a file of each kind of row (``cada pairs`` reads chains a user may have written)
-REQUIRED = {"chain": ("id", "label", "reasoning", "response", "judge", "reward"),
-            "pair": ("prompt", "chosen", "rejected"),
-            "eval_record": ("id", "prompt", "kind", "response", "judge")}
+#: the fields a stage needs from a file of each kind of row, and where such a file comes from
+REQUIRED = {"chain": (("id", "prompt", "label", "sample", "response", "judge", "reward"), "cada generate"),
+            "pair": (("prompt", "chosen", "rejected"), "cada pairs"),
+            "eval_record": (("id", "prompt", "kind", "response", "judge"), "cada eval")}
 
 
 def require(rows: Sequence[dict], kind: str, path: str | Path) -> None:
     """A one-line error naming the first row of ``path`` that lacks a field a ``kind`` row must have."""
-    need = REQUIRED[kind]
+    need, source = REQUIRED[kind]
     for i, r in enumerate(rows, 1):
         missing = [k for k in need if k not in r]
         if missing:
-            raise CadaError(f"{path}:{i}: a {kind.replace('_', ' ')} record needs {', '.join(need)}; "
-                            f"this one lacks {', '.join(missing)}")
+            raise CadaError(f"{path}: record {i} lacks {', '.join(missing)}: give records written by `{source}`")
+
+
+def append_in_chunks(path: str | Path, todo: Sequence, size: int, answer) -> list[dict]:
+    """The loop of every generating stage (self-generation, evaluation, direct answers): ``answer(chunk) -> rows``
+    for each chunk of ``todo``, each chunk's rows appended (and fsynced) before the next starts, so a kill loses at
+    most the chunk in flight and a rerun that skips what ``path`` holds never duplicates a row. Returns the rows."""
+    new: list[dict] = []
+    for chunk in chunks(list(todo), size):
+        rows = answer(chunk)
+        append_records(path, rows)
+        new += rows
+    return new
 
 
 # --- JSONL records (resumable) -----------------------------------------------------------------------
@@ -329,7 +340,9 @@ def read_yaml(path) -> object:
     try:
         return yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
-        raise CadaError(f"{path}: config file not found") from None
+        moved = Path(*["recipes" if part == "configs" else part for part in Path(path).parts])
+        hint = f" (the shipped configs moved to recipes/: use {moved})" if moved.is_file() else ""
+        raise CadaError(f"{path}: config file not found{hint}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise CadaError(f"{path}:{mark.line + 1 if mark else 0}: malformed YAML") from None

@@ -1,5 +1,6 @@
 """Self-generation: the policy samples N safety-reasoning chains per training prompt with the spec in context,
-a judge labels each final response, and every chain becomes one JSONL record with its reward.
+a judge labels each final response, and every chain becomes one JSONL record with its reward; and the policy's
+direct answers to bare requests (the benign side of the warm-up and the calibration pass).
 
 Resumable: records are appended a chunk of prompts at a time (all N samples of a prompt together); a restarted
 run skips the prompts already complete and never duplicates a record.
@@ -10,31 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
+from cada.config import SelfGenConfig
 from cada.errors import CadaError
-
 from cada.models.generate import Generator, SamplingParams, progress_bar
 from cada.reasoning import Mode, SafetyReasoner
-from cada.records import append_records, chunks, read_records
+from cada.records import append_in_chunks, read_records
 from cada.spec.schema import Spec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SelfGenConfig:
-    """How chains are sampled: ``mode`` cases for CADA, codes for rules-only DA."""
-
-    mode: str = "cases"
-    n: int = 4
-    k: int = 6
-    temperature: float = 0.9
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    seed: int = 0
-    chunk_size: int = 32  # prompts per checkpoint
 
 
 def _prompt_fields(p) -> dict:
@@ -78,7 +65,8 @@ def self_generate(prompts: Sequence, generator: Generator, spec: Spec, output: s
         task = bar.add_task(f"self-generating ({config.mode}, n={config.n})", total=len(items),
                             completed=len(items) - len(todo))
         where = {it["id"]: i for i, it in enumerate(items)}
-        for chunk in chunks(todo, config.chunk_size):
+
+        def answer(chunk: list[dict]) -> list[dict]:
             # seeded by the chunk's place in the whole pool, so a resumed run samples what an unbroken one would
             params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                                     max_new_tokens=config.max_new_tokens, n=config.n,
@@ -87,17 +75,14 @@ def self_generate(prompts: Sequence, generator: Generator, spec: Spec, output: s
             flat = [(it, r) for it, rs in zip(chunk, results) for r in rs
                     if r.sample >= per_prompt.get(it["id"], 0)]
             verdicts = judge.classify([r.response for _, r in flat], [it["prompt"] for it, _ in flat])
-            new = []
-            for (it, r), v in zip(flat, verdicts):
-                rec = {**it, "mode": r.mode, "sample": r.sample, "raw": r.raw, "reasoning": r.reasoning,
-                       "response": r.response, "format_ok": r.format_ok, "judge": v.label,
-                       "judge_probs": getattr(v, "probs", None),
-                       "reward": SAFETY_REWARDS[it["label"]][v.label],
-                       "cited_cases": r.cited_cases, "context_cases": r.context_cases}
-                new.append(rec)
-            append_records(output, new)
-            records += new
             bar.advance(task, len(chunk))
+            return [{**it, "mode": r.mode, "sample": r.sample, "raw": r.raw, "reasoning": r.reasoning,
+                     "response": r.response, "format_ok": r.format_ok, "judge": v.label,
+                     "judge_probs": getattr(v, "probs", None), "reward": SAFETY_REWARDS[it["label"]][v.label],
+                     "cited_cases": r.cited_cases, "context_cases": r.context_cases}
+                    for (it, r), v in zip(flat, verdicts)]
+
+        records += append_in_chunks(output, todo, config.chunk_size, answer)
     log.info("self-generation: %d prompts in %.0f s", len(todo), time.perf_counter() - t0)
     return records
 
@@ -122,3 +107,20 @@ def summarize(records: Sequence[dict]) -> dict:
                 sum(any(x["reward"] > 0 for x in v) for v in by_prompt.values()) / len(by_prompt), 3),
         }
     return out
+
+
+def direct_answers(prompts: list, gen, path: Path, max_new_tokens: int, *, show_progress: bool = True
+                   ) -> dict[str, str]:
+    """The policy's own greedy answers to bare benign requests (resumable JSONL ``{"id", "response"}``)."""
+    done = {r["id"]: r["response"] for r in read_records(path, repair=True)} if path.exists() else {}
+    todo = [p for p in prompts if p.id not in done]
+    if hasattr(gen, "show_progress"):
+        gen.show_progress = show_progress
+
+    def answer(chunk: list) -> list[dict]:
+        outs = gen.generate([[{"role": "user", "content": p.prompt}] for p in chunk],
+                            SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
+        return [{"id": p.id, "response": o[0]} for p, o in zip(chunk, outs)]
+
+    done.update((r["id"], r["response"]) for r in append_in_chunks(path, todo, 64, answer))
+    return done

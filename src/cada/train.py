@@ -3,7 +3,7 @@
 LoRA via peft by default (``lora_r=0`` for full fine-tuning). Whatever the method, the output folder holds a plain
 merged Hugging Face model in ``<output>/model`` that every cada command takes as ``--model`` (and the adapter in
 ``<output>/adapter`` when LoRA was used; with ``merge=False`` only the adapter, which commands also take as
-``--model`` for generation). Runs under ``accelerate launch`` for multi-GPU (configs/accelerate/).
+``--model`` for generation). Runs under ``accelerate launch`` for multi-GPU (recipes/accelerate/).
 """
 
 from __future__ import annotations
@@ -14,94 +14,35 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import asdict, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import ConfigDict, Field
-from pydantic.dataclasses import dataclass
-
-from cada.errors import CadaError
+from cada.config import TrainConfig
+from cada.errors import CadaError, validation_message
 from cada.models.load import bf16_native, cpu_bf16_native
 
 log = logging.getLogger(__name__)
-METHODS = ("dpo", "sft", "grpo")
-
-
-_Pos = Annotated[int, Field(ge=1)]
-_NonNeg = Annotated[int, Field(ge=0)]
-
-
-@dataclass(config=ConfigDict(extra="forbid"))
-class TrainConfig:
-    """Hyper-parameters shared by the three methods (CPU-sized defaults for the embedded model); types and ranges
-    are checked on construction (a pydantic dataclass)."""
-
-    method: str = "dpo"
-    learning_rate: Annotated[float, Field(gt=0)] = 2e-4
-    epochs: Annotated[float, Field(gt=0)] = 1.0
-    batch_size: _Pos = 8
-    grad_accum: _Pos = 1
-    beta: Annotated[float, Field(ge=0)] = 0.1   # DPO / GRPO KL strength
-    sft_weight: Annotated[float, Field(ge=0)] = 0.0  # DPO: add the NLL of the chosen side with this weight (TRL
-                                      # loss_type "sft", RPO): keeps the answer format when easy pairs saturate
-                                      # the DPO margin
-    lora_r: _NonNeg = 16              # 0 = full fine-tuning
-    top_layers: _NonNeg = 0           # full fine-tuning of only the top N decoder layers (0 = all); the frozen
-                                      # bottom needs no backward pass, so a CPU step costs about half
-    lora_alpha: _Pos = 32
-    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    max_length: _Pos = 768            # DPO / SFT (TRL's GRPO has no prompt limit: max_completion_length only)
-    seed: int = 0
-    warmup_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
-    logging_steps: _Pos = 5
-    bf16: bool | None = None          # bf16 autocast (float32 weights stay float32); None = where the hardware has
-                                      # it: a GPU with bf16, or a CPU with AVX512-BF16 / AMX (SFT steps 1.3x faster
-                                      # with full fine-tuning, 1.7x with LoRA, on two Zen 4 cores)
-    merge: bool = True                # False: keep only the LoRA adapter (<output>/adapter is then the model)
-    report_to: str = "auto"           # auto: tensorboard when installed, else none
-    # GRPO
-    num_generations: Annotated[int, Field(ge=2)] = 4
-    max_completion_length: _Pos = 192
-    extra: dict = field(default_factory=dict)  # passed to the TRL config as is
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise CadaError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
-
-
-def train_config(**values) -> TrainConfig:
-    """A TrainConfig from flags or settings, with a one-line CadaError naming the first bad field."""
-    from pydantic import ValidationError
-
-    from cada.errors import validation_message
-
-    try:
-        return TrainConfig(**values)
-    except ValidationError as e:
-        raise CadaError(validation_message(e)) from None
 
 
 def load_train_config(path: str | Path) -> dict:
-    """TrainConfig fields from a YAML file (e.g. ``configs/grpo-vllm.yaml``), with one-line errors naming the file."""
+    """TrainConfig settings from a YAML file (e.g. ``recipes/grpo-vllm.yaml``), checked (types, ranges, unknown
+    keys) with one-line errors naming the file and line; flags are laid over them before the config is built."""
     from cada.records import read_yaml
 
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise CadaError(f"{path}: expected a mapping of TrainConfig fields")
-    known = {f.name for f in fields(TrainConfig)}
+    known = set(TrainConfig.model_fields)
     unknown = sorted(set(data) - known)
     if unknown:
         raise CadaError(f"{path}: unknown field {unknown[0]!r} (TrainConfig fields: {', '.join(sorted(known))}; "
                         "TRL options go under `extra`)")
     if not isinstance(data.get("extra", {}), dict):
         raise CadaError(f"{path}: extra: expected a mapping of TRL config options")
-    from pydantic import TypeAdapter, ValidationError
-
-    from cada.errors import validation_message
+    from pydantic import ValidationError
 
     try:  # types and ranges, with the file's line (the method is checked with the flags, which override it)
-        TypeAdapter(TrainConfig).validate_python({**data, "method": METHODS[0]})
+        TrainConfig.model_validate({**data, "method": "dpo"})
     except ValidationError as e:
         raise CadaError(validation_message(e, path)) from None
     return data
@@ -137,7 +78,8 @@ def bf16_autocast() -> bool:
     return bf16_native() if torch.cuda.is_available() else cpu_bf16_native()
 
 
-def _common_args(cfg: TrainConfig, output: Path) -> dict:
+def trl_args(cfg: TrainConfig, output: Path) -> dict:
+    """The keyword arguments of TRL's config class for ``cfg``: cada's names mapped onto TRL's, then ``extra``."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -215,7 +157,7 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
           trust_remote_code: bool = False, reward_funcs=None) -> Path:
     """Train ``model`` on ``data`` (JSONL path or rows) with ``config.method``; returns ``<output>/model``.
 
-    Data shapes (as written by :mod:`cada.pairs`): DPO ``prompt/chosen/rejected`` (conversational), SFT
+    Data shapes (as written by :mod:`cada.datasets`): DPO ``prompt/chosen/rejected`` (conversational), SFT
     ``messages``, GRPO ``prompt`` plus a ``label`` column (harmful | benign) the reward functions read.
     """
     import torch
@@ -229,7 +171,7 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
     if torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
         # transformers would wrap the model in nn.DataParallel, which TRL refuses mid-setup
         raise CadaError(f"{torch.cuda.device_count()} GPUs are visible to one process: train on several with "
-                        "`accelerate launch --config_file configs/accelerate/ddp.yaml -m cada.cli train ...`, or "
+                        "`accelerate launch --config_file recipes/accelerate/ddp.yaml -m cada.cli train ...`, or "
                         "make one visible (CUDA_VISIBLE_DEVICES=0), e.g. for `cada align` and `cada study`")
     output.mkdir(parents=True, exist_ok=True)
     (output / "train_info.json").unlink(missing_ok=True)  # the run is finished again only once its model is saved
@@ -241,7 +183,7 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    args = _common_args(config, output)
+    args = trl_args(config, output)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         # peft and TRL still read a deprecated transformers alias on every run; nothing for the user to do
@@ -271,7 +213,7 @@ def _fingerprint(model: str, dataset, config: TrainConfig) -> str:
     """What a checkpoint must have been trained on to be resumed: the model, the data and every setting."""
     import hashlib
 
-    h = hashlib.sha256(json.dumps([str(model), asdict(config)], sort_keys=True, default=str).encode())
+    h = hashlib.sha256(json.dumps([str(model), config.model_dump()], sort_keys=True, default=str).encode())
     for row in dataset:  # the rows themselves (a datasets fingerprint can differ between processes)
         h.update(json.dumps(row, sort_keys=True, default=str).encode())
     return h.hexdigest()
@@ -438,6 +380,6 @@ def _save(trainer, tokenizer, output: Path, config: TrainConfig, info: dict, tru
             tokenizer.save_pretrained(model_dir)
     acc.wait_for_everyone()
     if acc.is_main_process:
-        (output / "train_info.json").write_text(json.dumps({**info, "config": asdict(config)}, indent=2))
+        (output / "train_info.json").write_text(json.dumps({**info, "config": config.model_dump()}, indent=2))
         log.info("trained %s in %.0f s -> %s", config.method, info["train_seconds"], model_dir)
     return model_dir

@@ -1,7 +1,7 @@
 """Study report: one self-contained HTML page (plots inline as base64 PNG, inline CSS, no scripts), a markdown twin
 (its plots under ``report_files/``) and a JSON twin (the tables' data), all read from a study folder::
 
-    study_dir/summary.json                               the study's numbers (written by cada.study)
+    study_dir/summary.json                               the study's numbers (written by cada.pipeline.study)
     study_dir/eval/<system>/<benchmark>/records.jsonl    one judged response a line (for the example transcripts)
 
 ``build_report`` (:mod:`cada.report.build`) turns (summary, records) into one plain dict, the JSON twin;

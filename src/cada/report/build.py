@@ -395,7 +395,7 @@ def summary_text(summary: dict) -> str:
     if isinstance(limit, int) and limit < 100 and summary.get("training"):
         text += (f" The arms self-generated on {limit} prompts per label: a size that shows the pipeline at work, "
                  "not what the method reaches with the whole training pools (docs/training.md in the cada "
-                 "repository; configs/embedded-full.yaml).")
+                 "repository; recipes/embedded-full.yaml).")
     if summary.get("partial"):
         by_system = summary.get("metrics") or {}
         done = [s for s in summary["systems"] if by_system.get(s)]

@@ -1,5 +1,5 @@
-"""Training sets from self-generated records, with context distillation: the spec never appears in a training
-prompt, only the raw user request, so the model learns to recall the statutes and precedents itself.
+"""What trains on what: the training sets, built with context distillation (the spec never appears in a training
+prompt, only the raw user request, so the model learns to recall the statutes and precedents itself).
 
 * :func:`dpo_pairs` -- CADA / rules-only DA: chosen = the best-rewarded chain, rejected = the worst, ties skipped.
   For a harmful prompt whose samples all comply, a precedent-grounded refusal written from the matched case may
@@ -11,6 +11,9 @@ prompt, only the raw user request, so the model learns to recall the statutes an
   answer to follow the decision the analysis already made.
 * :func:`sft_set` -- the SFT arms (rows in prompt/completion form, so the loss falls on the answer only): ``dr`` (direct refusals for harmful, the model's own best answer for benign),
   ``sc`` (code-grounded chains), ``cr`` (case-grounded chains).
+* :func:`warmup_set` -- the DPO arms' SFT warm-up (grounded refusals, the policy's own benign answers);
+  :func:`judgement_set` / :func:`encode_judgement` -- the judgement stage's decision lines; the calibration pass
+  reuses both. :func:`fit_length` drops what is too long to train on.
 
 A chain the model wrote without the ``### Analysis`` / ``### Final Response`` format is put into that format with
 an analysis grounded in the nearest precedent, so the trained model learns the format and to cite cases.
@@ -223,3 +226,81 @@ def sft_set(records: Sequence[dict], spec: Spec, arm: str) -> tuple[list[dict], 
         rows.append(sft_row(pid, best["label"], best.get("category"), best["prompt"], text))
     stats["examples"] = len(rows)
     return rows, stats
+
+
+def warmup_set(prompts: list, records: list[dict], spec, mode: str = "cases",
+               answers: dict[str, str] | None = None) -> list[dict]:
+    """SFT warm-up rows that teach the answer format and grounded reasoning before DPO (context-distilled):
+    harmful -> a refusal grounded in the nearest precedent (``cases``) or the covering rule (``codes``);
+    benign -> the model's own best complying answer (from ``records``, else from ``answers``: its direct answer
+    to the bare request), with an analysis grounded the same way. Benign prompts without an answer are skipped."""
+    from cada.judges.refusal import string_match_label
+    writer = writer_for(mode, spec)
+    best: dict[str, str] = {}
+    for r in records:
+        if r["label"] == "benign" and r["judge"] == "comply" and len(r["response"]) > len(best.get(r["id"], "")):
+            best[r["id"]] = r["response"]
+    for pid, text in (answers or {}).items():
+        if pid not in best and text.strip() and string_match_label(text) == "comply":
+            best[pid] = text
+    rows = []
+    for p in prompts:
+        if p.label == "harmful":
+            text = writer.refusal(p.prompt, p.category)
+        elif p.id in best:
+            text = chain(writer.analysis(p.prompt, "comply", p.category), best[p.id])
+        else:
+            continue
+        rows.append(sft_row(p.id, p.label, p.category, p.prompt, text))
+    return rows
+
+
+def judgement_set(prompts: list) -> list[dict]:
+    """SFT rows that teach the decision alone: the bare request -> the first line of the warm-up's analysis
+    (``This request is harmful.``, ``... benign.``, or the self-harm line), context-distilled."""
+    def lead(p) -> str:
+        if p.label == "benign":
+            return LEAD["comply"]
+        return LEAD["safe_complete" if p.category == "suicide_self_harm" else "refuse"]
+
+    return [sft_row(p.id, p.label, p.category, p.prompt, f"{ANALYSIS_HEADER}\n{lead(p)}") for p in prompts]
+
+
+def fit_length(rows: list[dict], model: str, max_length: int) -> tuple[list[dict], int]:
+    """Drop examples longer than ``max_length`` tokens (truncation would cut the answer that carries the signal)."""
+    from transformers import AutoTokenizer
+
+    from cada.models.load import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model))
+
+    def n_tokens(r: dict) -> int:
+        if "messages" in r:
+            convs = [r["messages"]]
+        else:
+            convs = [[*r["prompt"], *r[k]] for k in ("completion", "chosen", "rejected") if k in r]
+        return max(len(tok(tok.apply_chat_template(c, tokenize=False)).input_ids) for c in convs)
+
+    kept = [r for r in rows if n_tokens(r) <= max_length]
+    return kept, len(rows) - len(kept)
+
+
+def encode_judgement(rows: list[dict], model: str, max_length: int) -> tuple[list[dict], list[dict]]:
+    """Judgement rows as token ids with the loss on the judgement line only, and **no end of turn** after it: a
+    prompt/completion row would teach the policy to stop after "This request is harmful.", and a warm-up smaller
+    than the judgement stage does not unlearn that. Returns the encoded rows and the rows kept (those longer than
+    ``max_length`` are dropped)."""
+    from transformers import AutoTokenizer
+
+    from cada.models.load import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model))
+    encoded, kept = [], []
+    for r in rows:
+        prompt = tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        c_ids = tok(r["completion"][0]["content"], add_special_tokens=False)["input_ids"]
+        if len(p_ids) + len(c_ids) <= max_length:
+            encoded.append({"input_ids": p_ids + c_ids, "labels": [-100] * len(p_ids) + c_ids})
+            kept.append(r)
+    return encoded, kept
