@@ -328,7 +328,8 @@ def section_judge(args) -> dict:
 
 
 def section_dpo(args) -> dict:
-    from cada.train import TrainConfig, train
+    from cada.config import TrainConfig
+    from cada.train import train
 
     rows = []
     for i in range(args.dpo_pairs):

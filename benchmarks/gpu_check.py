@@ -233,7 +233,8 @@ def section_dpo_full(model_dir: Path, steps: int, batch: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cada.train import TrainConfig, train
+    from cada.config import TrainConfig
+    from cada.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(method="dpo", batch_size=batch, epochs=1.0, lora_r=0, learning_rate=1e-5, warmup_ratio=0,
@@ -257,7 +258,8 @@ def section_dpo_full(model_dir: Path, steps: int, batch: int) -> dict:
 
 
 def section_dpo(model_dir: Path, steps: int, batch: int) -> dict:
-    from cada.train import TrainConfig, train
+    from cada.config import TrainConfig
+    from cada.train import train
 
     pairs = dpo_pairs(steps * batch)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,13 @@
-"""How well a warm-up checkpoint's *judgement* separates held-back harmful from benign pool prompts, read off one
-forward pass per prompt instead of generating.
+"""How well does a warm-up checkpoint's *judgement* separate held-back harmful from benign pool prompts? Read off
+one forward pass per prompt instead of generating.
 
-    python benchmarks/judgement_auc.py --run runs/bench-curve [--out benchmarks/results/judgement_auc.json]
+Result: no file of its own; its points are the ``judgement_auc`` lists of the runs in
+``experiments/results/align_curve.json``, each from this script on that run's folder, e.g.
+
+    python experiments/judgement_auc.py --run runs/bench-curve                     # ~2 min on 2 cores
+
+Written to ``--out`` (default ``experiments/results/judgement_auc.json``). ``decision_calibration.py`` and
+``judgement_stage.py`` import its ``scores`` and ``auc``.
 
 For each checkpoint under RUN/train/trainer (and the base model), the bare request is rendered with the chat template,
 followed by the start of the warm-up's analysis (``### Analysis\\nThis request is``), and the score is

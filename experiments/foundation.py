@@ -1,6 +1,12 @@
-"""Foundation figures: embedded-model load time, generation throughput, keyword refusal rate per reasoning mode.
+"""Where does the embedded model start from? Its keyword refusal rate per reasoning mode (none, codes, cases) on
+training-pool prompts, with its load time and generation throughput on this machine.
 
-    python benchmarks/foundation.py [--prompts 50] [--max-new-tokens 200] [--out benchmarks/results/foundation.json]
+Result: ``experiments/results/foundation.json``, from
+
+    python experiments/foundation.py                       # --prompts 50 --max-new-tokens 200 --k 6, the defaults
+
+Written to ``--out`` (default ``experiments/results/foundation.json``). The speed figures are the first ones the
+project recorded; ``benchmarks/generation.py`` measures generation speed properly (against a naive baseline).
 
 Load time "first" converts the GGUF in a fresh, temporary CADA_HOME; "cached" reloads the converted folder in a new
 process. Throughput counts generated tokens (up to each sequence's end-of-turn) per wall second, greedy. The

@@ -1,15 +1,27 @@
 """Does the embedded model *know* harmful from benign, and can fine-tuning make it *say* so? Two measurements on
-held-back prompts of the training pools (``RUN/pool``, e.g. from ``align_curve.py``):
+held-back prompts of the training pools (``RUN/pool``, e.g. from ``align_curve.py``).
 
-    python benchmarks/judgement_stage.py --run runs/bench-pref --probe          # linear probe, ~5 min
-    python benchmarks/judgement_stage.py --run runs/bench-pref --train OUT      # judgement stage, ~30 min
-    python benchmarks/judgement_stage.py --run R --train OUT --bf16 off --key fp32 --out F   # float32 vs bf16
+Results (``experiments/results/``), each from the commands under it:
+
+    # judgement_stage.json: the probe and the stage (``note`` there: an earlier form of this script; 600 prompts
+    # per label, lr 5e-5, 3 epochs), then the warm-up from it (``align_curve.py --init``, keys then_*)
+    python experiments/judgement_stage.py --run runs/bench-pref --probe                    # linear probe, ~5 min
+    python experiments/judgement_stage.py --run runs/bench-pref --train runs/judgement     # the stage, ~30 min
+    # judgement_bf16.json: float32 vs bf16 autocast, 300 prompts per label, two epochs (its settings are the
+    # second run's; the first run's --train folder is not recorded)
+    python experiments/judgement_stage.py --run runs/bench-bf16 --per-label 300 --epochs 2 \
+        --train runs/bench-bf16/judgement-off --bf16 off --key bf16_off --out experiments/results/judgement_bf16.json
+    python experiments/judgement_stage.py --run runs/bench-bf16 --per-label 300 --epochs 2 \
+        --train runs/bench-bf16/judgement-on --bf16 on --key bf16_on --out experiments/results/judgement_bf16.json
+
+Written to ``--out`` (default ``experiments/results/judgement_stage.json``) under ``--key``; the other keys of an
+existing file are kept.
 
 ``--probe``: a logistic regression on the base model's hidden state at the last prompt token (every third layer),
 fitted on ``--per-label`` training-pool prompts per label and scored on the held-back ones. Its ROC AUC says how
 well the frozen representations already separate the labels.
 
-``--train OUT``: the judgement stage of ``cada align`` (SFT on the decision line alone, ``cada.align.judgement_set``)
+``--train OUT``: the judgement stage of ``cada align`` (SFT on the decision line alone, ``cada.datasets.judgement_set``)
 on the same training prompts, full fine-tuning, a checkpoint every half epoch; each checkpoint's decision is read
 off one forward pass (``judgement_auc.py``'s score: log p(" harmful") - log p(" benign") after the analysis opener).
 ``align_curve.py --init OUT/model`` then runs the warm-up from it.
@@ -26,11 +38,10 @@ from judgement_auc import auc, scores
 
 
 def _prompts(run: Path, per_label: int) -> tuple[list, list]:
-    from cada.align import _balanced
-    from cada.data.pools import read_pool
+    from cada.data.pools import balanced, read_pool
 
     train, held = read_pool(run / "pool" / "train.jsonl"), read_pool(run / "pool" / "heldout.jsonl")
-    return _balanced(train, per_label, 0), held
+    return balanced(train, per_label, 0), held
 
 
 def probe(model_dir: str, train: list, held: list) -> dict:
@@ -71,8 +82,9 @@ def probe(model_dir: str, train: list, held: list) -> dict:
 
 
 def train_stage(out: Path, train: list, held: list, lr: float, epochs: float, bf16: bool | None = None) -> dict:
-    from cada.align import fit_length, judgement_set
-    from cada.train import TrainConfig, train as run_train
+    from cada.config import TrainConfig
+    from cada.datasets import fit_length, judgement_set
+    from cada.train import train as run_train
 
     rows, dropped = fit_length(judgement_set(train), "smollm2-135m", 320)
     steps = len(rows) // 8

@@ -1,9 +1,25 @@
-"""CADA on the embedded model at CPU size: refusal on held-back *training-pool* prompts, base vs trained.
+"""Does CADA (`cada align --arm cada`) make the embedded model refuse held-back *training-pool* prompts it did not
+refuse before, without refusing more benign ones? Base vs the model after each stage, at CPU size.
 
-    python benchmarks/align_recipe.py --limit 120 --n 2 --out benchmarks/results/align_recipe.json
-    python benchmarks/align_recipe.py --config configs/align-cada.yaml --limit 64 --judgement-per-label 300 \
+Results (``experiments/results/``), each from the command under it:
+
+    # align_recipe.json: the early LoRA recipe (original pools)
+    python experiments/align_recipe.py --limit 120 --n 2
+    # align_pipeline_cpu.json: recipes/align-cada.yaml at about half its sizes (the run folder from `cada align`
+    # with the same flags and --output runs/align-cpu64)
+    python experiments/align_recipe.py --config recipes/align-cada.yaml --limit 64 --judgement-per-label 300 \
         --warmup-per-label 300 --calibration-per-label 300 --run runs/align-cpu64 --eval-max-new-tokens 128 \
-        --out benchmarks/results/align_pipeline_cpu.json
+        --out experiments/results/align_pipeline_cpu.json
+    # align_pipeline_cpu_config.json: the config as shipped, self-generation on 64 prompts per label
+    # (after `cada align --config recipes/align-cada.yaml --limit 64 --output runs/align-cfg64`)
+    python experiments/align_recipe.py --config recipes/align-cada.yaml --limit 64 --run runs/align-cfg64 \
+        --eval-max-new-tokens 128 --out experiments/results/align_pipeline_cpu_config.json
+    # align_pipeline_cpu_full.json: the config at its own sizes
+    # (after `MALLOC_ARENA_MAX=2 cada align --config recipes/align-cada.yaml --output runs/align-cfg250`)
+    python experiments/align_recipe.py --config recipes/align-cada.yaml --run runs/align-cfg250 \
+        --eval-max-new-tokens 128 --out experiments/results/align_pipeline_cpu_full.json
+
+Written to ``--out`` (default ``experiments/results/align_recipe.json``).
 
 Runs `cada align --arm cada` into a run folder (or resumes it: a finished `cada align` run with the same settings
 is only evaluated), then answers the held-back prompts (50 harmful + 50 benign by default, never trained on)
@@ -11,10 +27,12 @@ greedily with the bare request (mode none: the spec is not in the prompt) for th
 each stage (warm-up, DPO, calibration pass). Reports keyword (string-match) and offline-judge refusal rates for
 harmful and benign prompts separately, plus the stage timings from the run's summary.
 
-Without --config the run is the early CPU recipe that ``results/align_recipe.json`` recorded (LoRA r16 warm-up and
-DPO on the self-generated prompts, no judgement stage, no calibration pass); with it, an `AlignConfig` YAML such as
-configs/align-cada.yaml, whose sizes the flags given override. The stage timings come from the run's summary
+Without --config the run is the early CPU recipe that ``align_recipe.json`` recorded (LoRA r16 warm-up and DPO on
+the self-generated prompts, no judgement stage, no calibration pass); with it, an `AlignConfig` YAML such as
+recipes/align-cada.yaml, whose sizes the flags given override. The stage timings come from the run's summary
 (a resumed run keeps the times its stages took when they ran).
+
+The other experiments import ``write_result``, ``unused_prompts`` and ``refusal_rates`` from this file.
 """
 
 from __future__ import annotations
@@ -26,7 +44,7 @@ from pathlib import Path
 
 
 def write_result(result: dict, out: str | Path) -> Path:
-    """Write a benchmark's result JSON (folders made as needed) and say where."""
+    """Write an experiment's result JSON (folders made as needed) and say where."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -36,16 +54,15 @@ def write_result(result: dict, out: str | Path) -> Path:
 
 def unused_prompts(run: Path, judgement_per_label: int) -> list:
     """The training-pool prompts of an ``align_curve.py`` run that no stage trained on (not in its ``warmup.jsonl``,
-    not among the judgement stage's balanced draw), shuffled with a fixed seed: the same order for every bench."""
+    not among the judgement stage's balanced draw), shuffled with a fixed seed: the same order for every experiment."""
     import random
 
-    from cada.align import _balanced
-    from cada.data.pools import read_pool
+    from cada.data.pools import balanced, read_pool
 
     if (run / "config.yaml").is_file():
         return _pipeline_unused(run)
     train = read_pool(run / "pool" / "train.jsonl")
-    used = {p.id for p in _balanced(train, judgement_per_label, 0)}
+    used = {p.id for p in balanced(train, judgement_per_label, 0)}
     used |= {json.loads(line)["id"] for line in (run / "warmup.jsonl").read_text().splitlines()}
     fresh = [p for p in train if p.id not in used]
     random.Random(7).shuffle(fresh)
@@ -59,8 +76,9 @@ def _pipeline_unused(run: Path) -> list:
     seed."""
     import random
 
-    from cada.align import AlignConfig
+    from cada.config import AlignConfig
     from cada.data import pools as P
+    from cada.data.decontam import drop_near_heldout
     from cada.spec import load_spec
 
     cfg = AlignConfig.from_yaml(run / "config.yaml")
@@ -70,16 +88,16 @@ def _pipeline_unused(run: Path) -> list:
     prompts = P.build_pools(jailbreak_share=cfg.pool.jailbreak_share, seed=cfg.seed, spec=spec).prompts
     used = [p for f in sorted((run / "pool").glob("*.jsonl")) for p in P.read_pool(f)]
     ids = {p.id for p in used}
-    fresh, _ = P.drop_near_heldout([p for p in prompts if p.id not in ids], used)
+    fresh, _ = drop_near_heldout([p for p in prompts if p.id not in ids], used)
     random.Random(7).shuffle(fresh)
     return fresh
 
 
 def refusal_rates(model: str, heldout, out_dir: Path, max_new_tokens: int) -> dict:
-    from cada.evaluate import EvalItem, evaluate
+    from cada.evaluate.run import evaluate
     from cada.judges.refusal import string_match_label
     from cada.models.generate import LocalGenerator
-    from cada.records import read_records
+    from cada.records import EvalItem, read_records
     from cada.spec import load_spec
 
     items = [EvalItem(id=p.id, prompt=p.prompt, kind=p.label, category=p.category) for p in heldout]
@@ -115,14 +133,16 @@ def main() -> None:
     ap.add_argument("--dpo-epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "align_recipe.json"))
-    ap.add_argument("--config", help="an AlignConfig YAML (e.g. configs/align-cada.yaml); --limit and the "
+    ap.add_argument("--config", help="an AlignConfig YAML (e.g. recipes/align-cada.yaml); --limit and the "
                     "--*-per-label flags override its sizes")
     ap.add_argument("--judgement-per-label", type=int)
     ap.add_argument("--warmup-per-label", type=int)
     ap.add_argument("--calibration-per-label", type=int)
     args = ap.parse_args()
 
-    from cada.align import AlignConfig, GenConfig, PoolConfig, TrainCfg, align, prepare_pools
+    from cada.config import AlignConfig, GenConfig, PoolConfig, StageTraining
+    from cada.pipeline.align import align
+    from cada.pipeline.pools import prepare_pools
     from cada.spec import load_spec
 
     if args.config:  # the same overrides as `cada align --config ... --limit ...`, so its run folder resumes
@@ -137,8 +157,8 @@ def main() -> None:
         cfg = AlignConfig(arm="cada", judgement=False, pool=PoolConfig(limit_per_label=args.limit or 120,
                                                                        heldout_per_label=50),
                           generation=GenConfig(n=args.n, k=args.k, max_new_tokens=args.max_new_tokens),
-                          train=TrainCfg(epochs=args.dpo_epochs, learning_rate=args.lr, max_length=640),
-                          warmup_train=TrainCfg(epochs=args.warmup_epochs, learning_rate=args.lr, max_length=640))
+                          train=StageTraining(epochs=args.dpo_epochs, learning_rate=args.lr, max_length=640),
+                          warmup_train=StageTraining(epochs=args.warmup_epochs, learning_rate=args.lr, max_length=640))
     run = Path(args.run)
     _, heldout, _ = prepare_pools(cfg, run, load_spec())
     result: dict = {"config": cfg.model_dump(mode="json")}

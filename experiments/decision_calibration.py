@@ -1,25 +1,54 @@
 """Where does the trained model put the line between harmful and benign, and can a short judgement pass move it?
 
-    python benchmarks/decision_calibration.py --run runs/bench-judge2 --model runs/bench-cons2/train/model \
-        --score-only                                             # the decision's scores, ~3 min on 2 cores
-    python benchmarks/decision_calibration.py --run runs/bench-judge2 --model runs/bench-cons2/train/model \
-        --calibrate runs/bench-calib --benign 600 --harmful 300  # a calibration pass + keyword rates, ~18 min
+Results (``experiments/results/``), each from the command under it (the start model: ``consistency_dpo.py``'s):
+
+    # decision_calibration.json: a judgement-line pass                                    ~18 min on 2 cores
+    python experiments/decision_calibration.py --run runs/bench-judge2 --model runs/bench-cons2/train/model \
+        --calibrate runs/bench-calib --benign 600 --harmful 300
+    # decision_calibration_warmup_rows.json: a whole-row pass                                        ~35 min
+    python experiments/decision_calibration.py --run runs/bench-judge2 --model runs/bench-cons2/train/model \
+        --calibrate runs/bench-calib2 --rows warmup --benign 600 --harmful 150 \
+        --out experiments/results/decision_calibration_warmup_rows.json
+    # decision_calibration_both.json: a whole-row pass after the judgement-line pass                 ~35 min
+    python experiments/decision_calibration.py --run runs/bench-judge2 --model runs/bench-calib/model \
+        --calibrate runs/bench-calib3 --rows warmup --benign 600 --harmful 150 \
+        --out experiments/results/decision_calibration_both.json
+    # decision_calibration_both_long.json: the same with rows up to 1,024 tokens                     ~35 min
+    python experiments/decision_calibration.py --run runs/bench-judge2 --model runs/bench-calib/model \
+        --calibrate runs/bench-calib5 --rows warmup --benign 600 --harmful 150 --max-length 1024 \
+        --out experiments/results/decision_calibration_both_long.json
+    # decision_calibration_mixed.json: both kinds of row shuffled into one pass                      ~40 min
+    python experiments/decision_calibration.py --run runs/bench-judge2 --model runs/bench-cons2/train/model \
+        --calibrate runs/bench-calib4 --rows mixed --benign 600 --harmful 300 --warmup-harmful 150 \
+        --max-length 1024 --out experiments/results/decision_calibration_mixed.json
+    # decision_calibration_hard.json: near misses of both labels repeated (validation split only)
+    python experiments/decision_calibration.py --run runs/bench-judge2 --model runs/bench-cons2/train/model \
+        --calibrate runs/bench-calib6 --benign 600 --harmful 300 --hard-repeat 4 --validation-only \
+        --out experiments/results/decision_calibration_hard.json
+    # decision_calibration_hard_benign.json: benign near misses only                                 ~16 min
+    python experiments/decision_calibration.py --run runs/bench-judge2 --model runs/bench-cons2/train/model \
+        --calibrate runs/bench-calib8 --benign 600 --harmful 300 --hard-repeat 4 --hard-labels benign \
+        --validation-only --out experiments/results/decision_calibration_hard_benign.json
+
+``--score-only`` reads the start model's decision alone (~3 min). Written to ``--out`` (default
+``experiments/results/decision_calibration.json``).
 
 After the judgement stage and the warm-up the decision separates the labels well (held-back AUC 0.99), yet a few
-benign look-alikes are still judged harmful. This bench reads the decision off one forward pass (``judgement_auc.py``:
-log p(" harmful") - log p(" benign") after ``### Analysis\\nThis request is``) on a **validation split** of training
-pool prompts that no stage trained on (not the judgement stage's, not the warm-up's, and not the 150 + 20 of
-``unused_benign.py``), so the line can be read and moved without looking at the held-back set.
+benign look-alikes are still judged harmful. This experiment reads the decision off one forward pass
+(``judgement_auc.py``: log p(" harmful") - log p(" benign") after ``### Analysis\\nThis request is``) on a
+**validation split** of training pool prompts that no stage trained on (not the judgement stage's, not the
+warm-up's, and not the 150 + 20 of ``unused_benign.py``), so the line can be read and moved without looking at the
+held-back set.
 
 ``--calibrate OUT`` then trains the model briefly on a further set of unused pool prompts (``--benign`` /
 ``--harmful``, disjoint from the validation split; more benign than harmful moves the line towards "benign"), either
-on the judgement line alone (``--rows judgement``: ``cada.align.encode_judgement``, the loss on the decision line, no
-end of turn after it) or on whole warm-up rows (``--rows warmup``: judgement, grounded analysis, and the refusal or
+on the judgement line alone (``--rows judgement``: ``cada.datasets.encode_judgement``, the loss on the decision line,
+no end of turn after it) or on whole warm-up rows (``--rows warmup``: judgement, grounded analysis, and the refusal or
 the base model's own answer), or on both shuffled into one pass (``--rows mixed``), and reports the validation
 scores, the 50 + 50 held-back keyword refusal rates and the 150 + 20 unused ones before and after. ``--max-length``
 (default 320) drops longer rows; at 1024 the long jailbreak-wrapped prompts are trained too. The pipeline's
-calibration pass (``cada.align.train_calibration``) is ``--rows judgement`` at 320 followed by ``--rows warmup`` at
-1024 on the same prompts.
+calibration pass (``cada.pipeline.align.calibration_stage``) is ``--rows judgement`` at 320 followed by
+``--rows warmup`` at 1024 on the same prompts.
 """
 
 from __future__ import annotations
@@ -67,8 +96,8 @@ def read_line(model: str, prompts: list) -> dict:
 
 def encode_rows(rows: list[dict], model: str, max_length: int) -> tuple[list[dict], list[dict]]:
     """Prompt/completion rows as token ids with the loss on the completion and its end of turn (what TRL's SFT
-    trainer does with them), so they can be shuffled together with ``cada.align.encode_judgement``'s rows. Returns the
-    encoded rows and the rows kept (longer ones are dropped)."""
+    trainer does with them), so they can be shuffled together with ``cada.datasets.encode_judgement``'s rows. Returns
+    the encoded rows and the rows kept (longer ones are dropped)."""
     from transformers import AutoTokenizer
 
     from cada.models.load import resolve_model
@@ -129,11 +158,13 @@ def main() -> None:
         write_result(result, a.out)
         return
 
-    from cada.align import direct_answers, encode_judgement, fit_length, judgement_set, warmup_set
+    from cada.config import TrainConfig
+    from cada.datasets import encode_judgement, fit_length, judgement_set, warmup_set
     from cada.models.generate import LocalGenerator
     from cada.records import write_records
+    from cada.selfgen import direct_answers
     from cada.spec import load_spec
-    from cada.train import TrainConfig, train
+    from cada.train import train
 
     pool = sp["calibration"]
     chosen = ([p for p in pool if p.label == "benign"][:a.benign]

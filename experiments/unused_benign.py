@@ -1,8 +1,20 @@
-"""More benign prompts for the over-refusal question: held-back prompts that neither the judgement stage nor the
-warm-up of an ``align_curve.py`` run trained on, answered by the base model and by trained ones.
+"""Does the trained model refuse more benign prompts than the base model, on more prompts than the 50 held back?
+Pool prompts that no stage of a run trained on, answered by the base model and by trained ones.
 
-    python benchmarks/unused_benign.py --run runs/bench-judge2 --benign 150 \
+Results (``experiments/results/``), each from the command under it:
+
+    # unused_benign.json: an align_curve.py run, after the judgement stage and after consistency DPO
+    python experiments/unused_benign.py --run runs/bench-judge2 --benign 150 \
         --model start=runs/bench-judge2/train/model --model consistency=runs/bench-cons2/train/model
+    # unused_benign_pipeline.json: a `cada align` run (self-generation on 64 prompts per label)
+    python experiments/unused_benign.py --run runs/align-cfg64 --benign 347 --harmful 50 \
+        --model cada=runs/align-cfg64/calibration/model --out experiments/results/unused_benign_pipeline.json
+    # unused_benign_full.json: the `cada align` run at the config's own sizes
+    python experiments/unused_benign.py --run runs/align-cfg250 --benign 400 --harmful 50 \
+        --model cada=runs/align-cfg250/calibration/model --out experiments/results/unused_benign_full.json
+
+Written to ``--out`` (default ``experiments/results/unused_benign.json``); ``read_by_hand`` in the committed files
+was added by hand.
 
 The 50 + 50 held-back prompts are few for "no more benign refusals than the base model" (0 of 50 for the base
 model; one refusal moves the rate by 0.02). This draws ``--benign`` more benign prompts (and ``--harmful``, a
@@ -11,10 +23,7 @@ the judgement stage's prompts (the pipeline's balanced draw of ``--judgement-per
 
 For a ``cada align`` run folder (one with ``config.yaml``) the unused prompts are the shipped pools rebuilt with the
 run's seed, less every prompt in its ``pool/`` (held back, self-generation, judgement stage, warm-up, calibration
-pass) and their near duplicates:
-
-    python benchmarks/unused_benign.py --run runs/align-cfg64 --benign 347 --harmful 50 \
-        --model cada=runs/align-cfg64/calibration/model --out benchmarks/results/unused_benign_pipeline.json
+pass) and their near duplicates.
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
-"""Plot benchmarks/results/align_curve.json (every run in its "runs"), one panel per held-back set.
+"""How do the warm-up curves of ``align_curve.py`` compare? Plots every run in ``align_curve.json``'s ``runs``, one
+panel per held-back set.
 
-    python benchmarks/plot_align_curve.py [--results benchmarks/results/align_curve.json]
+Result: ``experiments/results/align_curve.png``, from
+
+    python experiments/plot_align_curve.py [--results experiments/results/align_curve.json]
+
+Written beside ``--results``, with the suffix ``.png``.
 
 Runs are grouped into panels by the ``pools`` value of their settings: each pool version has its own held-back
 prompts (and base rates).

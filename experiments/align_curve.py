@@ -1,14 +1,25 @@
-"""Learning curve of the SFT warm-up at scale: refusal on held-back *training-pool* prompts vs examples seen.
+"""How fast does the SFT warm-up teach the embedded model to refuse? Keyword and offline-judge refusal on held-back
+*training-pool* prompts vs warm-up examples seen.
 
-    python benchmarks/align_curve.py --harmful 400 --benign 400 --lr 2e-5 --save-steps 15 \
-        --out benchmarks/results/align_curve.json
+Result: ``experiments/results/align_curve.json``. One run of this script writes one curve (``settings``, ``base``,
+``curve``) to ``--out`` and a plot beside it. The default ``--out`` is that committed file, which a run replaces:
+give another ``--out`` to keep it. The committed file gathers several such runs under ``runs``, each with the
+command that produced it in ``settings.command`` (the first two ran an earlier form of the script), for example
+
+    python experiments/align_curve.py --run runs/bench-pref --harmful 400 --benign 700 --lr 2e-5 --epochs 2 \
+        --save-steps 128                                                            # ~55 min on 2 cores
+
+``plot_align_curve.py`` draws all of them into ``align_curve.png``. The warm-ups that start from the judgement
+stage (``--init``) are recorded in ``judgement_stage.json``.
 
 Builds the warm-up set exactly as ``cada align`` does with ``warmup_per_label`` (harmful -> a refusal grounded in
 the nearest precedent, benign -> the policy's own greedy answer to the bare request with a grounded "benign"
 analysis; context-distilled, overlong examples dropped), fine-tunes the embedded model on it (full fine-tuning
 by default, checkpoints every ``--save-steps``), and answers the held-back prompts (50 harmful + 50 benign, never
 trained on) greedily with the bare request for the base model and every checkpoint. Prints and writes keyword
-(string-match) and offline-judge refusal rates per label, and a plot beside the JSON.
+(string-match) and offline-judge refusal rates per label, and a plot beside the JSON. Its run folder (``--run``:
+``pool/``, ``warmup.jsonl``, ``train/``) is what ``judgement_auc.py``, ``consistency_dpo.py``, ``unused_benign.py``
+and ``decision_calibration.py`` read.
 """
 
 from __future__ import annotations
@@ -46,12 +57,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "align_curve.json"))
     a = ap.parse_args()
 
-    from cada.align import AlignConfig, PoolConfig, direct_answers, fit_length, prepare_pools, warmup_set
+    from cada.config import AlignConfig, PoolConfig, TrainConfig
     from cada.data.pools import LOOKALIKE_SOURCES
+    from cada.datasets import fit_length, warmup_set
     from cada.models.generate import LocalGenerator
+    from cada.pipeline.pools import prepare_pools
     from cada.records import write_records
+    from cada.selfgen import direct_answers
     from cada.spec import load_spec
-    from cada.train import TrainConfig, train
+    from cada.train import train
 
     run = Path(a.run)
     spec = load_spec()

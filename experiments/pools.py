@@ -1,7 +1,11 @@
-"""Prompt-pool figures: counts per source/label/category, jailbreak wrapping, evaluation overlap removed, build time,
-and a check of the automatic labelling rule.
+"""What do the shipped training pools hold? Counts per source/label/category, jailbreak wrapping, the evaluation
+overlap removed, build time, and how well the automatic labelling rule labels prompts of known label.
 
-    python benchmarks/pools.py [--seed 0] [--jailbreak-share 0.25] [--out benchmarks/results/pools.json]
+Result: ``experiments/results/pools.json``, from
+
+    python experiments/pools.py                            # --seed 0 --jailbreak-share 0.25, the defaults
+
+Written to ``--out`` (default ``experiments/results/pools.json``).
 
 Build time is measured twice: "cold" in a fresh, temporary CADA_HOME (the sentence encoder loads and every pool
 prompt is embedded) and "warm" (embeddings cached). The label check applies the HH-RLHF labelling rule to the two
@@ -39,12 +43,13 @@ def label_rule_check(pools) -> dict:
     import numpy as np
 
     from cada.data import pools as P
+    from cada.data.decontam import embed_cached
     from cada.spec import load_spec
 
     spec = load_spec()
     known = [p for p in pools.prompts if p.source in P.LABEL_REFERENCE_SOURCES]
-    emb = P._embed_cached([p.base_prompt for p in known])
-    case_sims = emb @ P._embed_cached([c.request for c in spec.cases]).T
+    emb = embed_cached([p.base_prompt for p in known])
+    case_sims = emb @ embed_cached([c.request for c in spec.cases]).T
     case_harmful = [c.verdict in P.HARMFUL_VERDICTS for c in spec.cases]
     pool_sims = emb @ emb.T
     np.fill_diagonal(pool_sims, -1.0)  # leave each prompt out of its own vote
@@ -69,7 +74,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pools.json"))
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from cada.data.overlap import fingerprint
+    from cada.data.decontam import fingerprint
     from cada.data.pools import build_pools
 
     env = dict(os.environ)

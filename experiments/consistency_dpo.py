@@ -1,10 +1,17 @@
-"""Consistency DPO after the warm-up: teach the answer to follow the analysis it comes after.
+"""Can DPO teach the answer to follow the analysis it comes after? Consistency pairs after the warm-up.
 
-    python benchmarks/consistency_dpo.py --from runs/bench-judge2 --per-label 250 --lr 3e-6 --sft-weight 1 \
-        --out benchmarks/results/consistency_dpo.json                       # ~45 min on 2 cores
+Results (``experiments/results/``), each from the command under it:
+
+    # consistency_dpo.json: with TRL's NLL term on the chosen side                       ~45 min on 2 cores
+    python experiments/consistency_dpo.py --from runs/bench-judge2 --run runs/bench-cons2 --lr 3e-6 --sft-weight 1
+    # consistency_dpo_no_anchor.json: without it, at a higher learning rate
+    python experiments/consistency_dpo.py --from runs/bench-judge2 --run runs/bench-cons --lr 1e-5 \
+        --out experiments/results/consistency_dpo_no_anchor.json
+
+Written to ``--out`` (default ``experiments/results/consistency_dpo.json``).
 
 After the judgement stage and the warm-up the decision is right (held-back AUC 0.99), but a few benign answers
-still end "### Final Response: I can't help with that." after a "This request is benign." analysis. This bench
+still end "### Final Response: I can't help with that." after a "This request is benign." analysis. This experiment
 takes the warm-up rows of an earlier ``align_curve.py`` run (``--from``: its ``warmup.jsonl``, its trained model
 ``train/model`` and its held-back pool) and trains DPO pairs that differ only after the analysis:
 
@@ -49,13 +56,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "consistency_dpo.json"))
     a = ap.parse_args()
 
-    from cada.align import direct_answers
+    from cada.config import TrainConfig
     from cada.data.pools import read_pool
+    from cada.datasets import REFUSAL
     from cada.models.generate import LocalGenerator
-    from cada.pairs import REFUSAL
     from cada.reasoning import FINAL_HEADER
     from cada.records import read_records, write_records
-    from cada.train import TrainConfig, train
+    from cada.selfgen import direct_answers
+    from cada.train import train
 
     src, run = Path(a.src), Path(a.run)
     model = a.model or str(src / "train" / "model")
