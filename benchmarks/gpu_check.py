@@ -181,7 +181,7 @@ def section_hf(model, tok, prompts, max_new, stop_ids, device) -> dict:
 
 
 def section_cada(model, tok, prompts, max_new, batch, device) -> dict:
-    from cada.models.generate import LocalGenerator, SamplingParams
+    from cada.models import LocalGenerator, SamplingParams
 
     gen = LocalGenerator(model, tok, batch_size=batch, max_batch_size=batch, show_progress=False)
     gen.generate(prompts[:8], SamplingParams(max_new_tokens=8))  # warm-up
@@ -196,7 +196,7 @@ def section_cada(model, tok, prompts, max_new, batch, device) -> dict:
 
 
 def section_prefix(model, tok, n, max_new, device) -> dict:
-    from cada.models.generate import LocalGenerator, SamplingParams
+    from cada.models import LocalGenerator, SamplingParams
 
     prompts = codes_chats(n)
     out, texts = {}, {}

@@ -11,7 +11,7 @@ import time
 
 def main() -> None:
     from cada.data.benchmarks import load_benchmark
-    from cada.models.generate import LocalGenerator, SamplingParams
+    from cada.models import LocalGenerator, SamplingParams
     from cada.reasoning import build_messages
     from cada.spec.schema import load_spec
 

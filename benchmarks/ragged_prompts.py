@@ -29,7 +29,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from cada.config import AlignConfig, PoolConfig
-    from cada.models.generate import LocalGenerator, SamplingParams, ragged_groups, shared_prefix_len
+    from cada.models.local import LocalGenerator, SamplingParams, ragged_groups, shared_prefix_len
     from cada.pipeline.pools import prepare_pools
     from cada.reasoning import Mode, SafetyReasoner
     from cada.spec.schema import load_spec

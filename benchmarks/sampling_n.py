@@ -23,7 +23,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from cada.data.benchmarks import load_benchmark
-    from cada.models.generate import LocalGenerator, SamplingParams
+    from cada.models import LocalGenerator, SamplingParams
     from cada.reasoning import Mode, SafetyReasoner
     from cada.spec.schema import load_spec
 

@@ -60,7 +60,7 @@ def main() -> None:
     from cada.config import AlignConfig, PoolConfig, TrainConfig
     from cada.data.pools import LOOKALIKE_SOURCES
     from cada.datasets import fit_length, warmup_set
-    from cada.models.generate import LocalGenerator
+    from cada.models.local import LocalGenerator
     from cada.pipeline.pools import prepare_pools
     from cada.records import write_records
     from cada.selfgen import direct_answers

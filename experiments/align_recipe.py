@@ -96,7 +96,7 @@ def _pipeline_unused(run: Path) -> list:
 def refusal_rates(model: str, heldout, out_dir: Path, max_new_tokens: int) -> dict:
     from cada.evaluate.run import evaluate
     from cada.judges.refusal import string_match_label
-    from cada.models.generate import LocalGenerator
+    from cada.models.local import LocalGenerator
     from cada.records import EvalItem, read_records
     from cada.spec import load_spec
 

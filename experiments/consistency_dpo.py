@@ -59,7 +59,7 @@ def main() -> None:
     from cada.config import TrainConfig
     from cada.data.pools import read_pool
     from cada.datasets import REFUSAL
-    from cada.models.generate import LocalGenerator
+    from cada.models.local import LocalGenerator
     from cada.reasoning import FINAL_HEADER
     from cada.records import read_records, write_records
     from cada.selfgen import direct_answers

@@ -160,7 +160,7 @@ def main() -> None:
 
     from cada.config import TrainConfig
     from cada.datasets import encode_judgement, fit_length, judgement_set, warmup_set
-    from cada.models.generate import LocalGenerator
+    from cada.models.local import LocalGenerator
     from cada.records import write_records
     from cada.selfgen import direct_answers
     from cada.spec import load_spec

@@ -9,7 +9,9 @@ import torch
 from cada.errors import CadaError
 from cada.models import LocalGenerator, SamplingParams, load_model, make_generator, resolve_model
 from cada.models import load as load_mod
-from cada.models.generate import batch_rows_for_memory, end_of_turn_ids, ragged_groups, shared_prefix_len
+from cada.models.generate import end_of_turn_ids
+from cada.models.local import batch_rows_for_memory, ragged_groups
+from cada.models.shared_prefix import shared_prefix_len
 
 CHATS = [[{"role": "user", "content": t}] for t in
          ["hi", "Tell me a long story about a dragon who learns to bake bread in a quiet village.", "2+2?",
@@ -116,13 +118,13 @@ def test_shared_prefix_attention_matches_sdpa_over_the_whole_cache(q_len, masked
     split matmuls (the CPU) and through the plain kernel with the prefix broadcast in (GPUs)."""
     from types import SimpleNamespace
 
-    import cada.models.generate as G
+    import cada.models.shared_prefix as SP
 
-    monkeypatch.setattr(G, "_fused_prompt_attention", lambda device: fused)
+    monkeypatch.setattr(SP, "fused_prompt_attention", lambda device: fused)
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from cada.models.generate import _PREFIX_KV, _shared_prefix_attention
+    from cada.models.shared_prefix import PREFIX_KV, shared_prefix_attention
 
     torch.manual_seed(0)
     b, groups, rep, dim, p, s = 3, 2, 3, 8, 11, 7
@@ -138,11 +140,11 @@ def test_shared_prefix_attention_matches_sdpa_over_the_whole_cache(q_len, masked
     full = torch.ones(q_len, p + s, dtype=torch.bool).tril(p + s - q_len)[None, None] if mask is None else mask
     expected, _ = sdpa_attention_forward(module, query, torch.cat([kp.expand(b, -1, -1, -1), key], 2),
                                          torch.cat([vp.expand(b, -1, -1, -1), value], 2), full, scaling=0.3)
-    token = _PREFIX_KV.set([(kp, vp)])
+    token = PREFIX_KV.set([(kp, vp)])
     try:
-        got, _ = _shared_prefix_attention(module, query, key, value, mask, scaling=0.3, plain=sdpa_attention_forward)
+        got, _ = shared_prefix_attention(module, query, key, value, mask, scaling=0.3, plain=sdpa_attention_forward)
     finally:
-        _PREFIX_KV.reset(token)
+        PREFIX_KV.reset(token)
     assert got.shape == expected.shape == (b, q_len, groups * rep, dim)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
