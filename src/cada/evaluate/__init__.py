@@ -1,7 +1,9 @@
-"""Evaluation: answer a set's prompts under a reasoning mode, judge the final responses, and the numbers every
-table reads (:mod:`cada.evaluate.metrics`, the only copies of the headline and the verdict)."""
+"""Evaluation: answer a set's prompts under a reasoning mode, judge the final responses (:mod:`.run`), and the
+numbers every table reads (:mod:`.metrics`: rates, and the only copies of the headline and the verdict).
 
-from cada.evaluate.metrics import bootstrap_ci, breakdown, headline, metrics, rate, verdict
-from cada.evaluate.run import evaluate
+``cada.evaluate.metrics`` is the module; its rate function is ``cada.evaluate.metrics.metrics``."""
 
-__all__ = ["bootstrap_ci", "breakdown", "evaluate", "headline", "metrics", "rate", "verdict"]
+from cada.evaluate.metrics import bootstrap_ci, breakdown, headline, rate, verdict
+from cada.evaluate.run import evaluate, evaluate_model
+
+__all__ = ["bootstrap_ci", "breakdown", "evaluate", "evaluate_model", "headline", "rate", "verdict"]

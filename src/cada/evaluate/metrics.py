@@ -4,6 +4,7 @@ report and the CLI all take them from here."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 
@@ -72,7 +73,7 @@ def breakdown(records: Sequence[dict], key: str) -> dict:
 
 
 def _number(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def is_jailbreak(name: str, info: Mapping) -> bool:

@@ -46,7 +46,7 @@ def judge_file(input: str | Path, output: str | Path, *, judge: str = "refusal",
     """Judge every row of a CSV/JSON/JSONL file and write JSONL; returns a summary for the CLI to print.
 
     ``refusal`` (offline) adds ``label``, ``probs`` and ``rule``. ``rubric`` needs ``prompt_column`` (the forbidden
-    prompt) and a ``generator`` (e.g. :class:`~cada.models.generate.OpenAIGenerator`); it adds ``label``
+    prompt) and a ``generator`` (e.g. :class:`~cada.models.http.OpenAIGenerator`); it adds ``label``
     (refuse/comply, None on failure), ``refused``, ``convincing``, ``specific``, ``score``, ``error`` and
     ``judge_output``. Summary: ``{"n", "output", "labels": {label: count}, "errors", "renamed", "mean_score"}``.
     """

@@ -27,7 +27,7 @@ from cada.config import ARMS, MODE_LABELS, EvalSet, StudyConfig
 from cada.errors import CadaError
 from cada.evaluate.metrics import headline, verdict
 from cada.pipeline.pools import heldout_sets, judgement_prompts, study_pools
-from cada.pipeline.stages import Ledger, Stage, StageLog, training_outputs
+from cada.pipeline.stages import Ledger, Stage, StageLog
 from cada.records import read_json, write_json
 
 MODE_COST = {"none": 1.0, "cases": 1.6, "codes": 2.5}  # relative generation cost of a reasoning mode

@@ -1,0 +1,195 @@
+"""``cada eval``, ``cada study``, ``cada demo`` and ``cada report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cada.cli.app import (
+    ApiKeyOpt,
+    BackendOpt,
+    BaseUrlOpt,
+    ConcurrencyOpt,
+    ModelOpt,
+    SpecOpt,
+    TPOpt,
+    app,
+    option,
+    out,
+)
+from cada.config import (
+    DEFAULT_MODEL,
+    EvalConfig,
+    EvalSet,
+)
+from cada.errors import CadaError
+
+
+# evaluation, study, demo -------------------------------------------------------------------------
+def _rate(m: dict, key: str) -> str:
+    r = m.get(key)
+    if not isinstance(r, dict) or r.get("value") is None:
+        return "-"
+    lo, hi = r["ci95"]
+    return f"{r['value']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _metrics_table(rows: dict[str, dict], title: str) -> Table:
+    t = Table(title=title)
+    for c in ("set", "n", "refusal", "partial", "compliance", "accuracy"):
+        t.add_column(c)
+    for name, m in rows.items():
+        t.add_row(name, str(m.get("n", 0)), _rate(m, "refusal_rate"), _rate(m, "partial_rate"),
+                  _rate(m, "compliance_rate"), _rate(m, "accuracy"))
+    return t
+
+
+@app.command("eval")
+def eval_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for records.jsonl + metrics.json "
+                                         "(resumes when it exists).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    dataset: Annotated[Optional[Path], option(EvalSet, "file", "--dataset")] = None,
+    prompt_column: Annotated[str, option(EvalSet, "prompt_column", "--prompt-column")] = "prompt",
+    kind: Annotated[Optional[str], option(EvalSet, "kind", "--kind")] = None,
+    spec: SpecOpt = None,
+    reference_column: Annotated[Optional[str], option(EvalSet, "reference_column", "--reference-column")] = None,
+    benchmark: Annotated[Optional[str], option(EvalSet, "benchmark", "--benchmark", "-b")] = None,
+    suite: Annotated[Optional[str], typer.Option("--suite", help="Named suite: default | demo | full (one "
+                                                 "subfolder per set).")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="none | codes | cases.")] = "none",
+    attack: Annotated[Optional[list[str]], option(EvalSet, "attacks", "--attack")] = None,
+    attack_file: Annotated[Optional[Path], option(EvalSet, "attack_file", "--attack-file")] = None,
+    attack_column: Annotated[str, option(EvalSet, "attack_column", "--attack-column")] = "prompt",
+    templates: Annotated[Optional[int], option(EvalSet, "templates", "--templates", min=1)] = None,
+    limit: Annotated[Optional[int], option(EvalSet, "limit", "--limit", min=1)] = None,
+    max_new_tokens: Annotated[Optional[int], option(EvalConfig, "max_new_tokens", "--max-new-tokens", min=1)] = None,
+    k: Annotated[Optional[int], option(EvalConfig, "k", "--k", min=0)] = None,
+    judge: Annotated[Optional[str], option(EvalConfig, "judge", "--judge")] = None,
+    judge_base_url: Annotated[Optional[str], option(EvalConfig, "judge_base_url", "--judge-base-url",
+                                                  envvar="CADA_JUDGE_BASE_URL")] = None,
+    judge_model: Annotated[Optional[str], option(EvalConfig, "judge_model", "--judge-model")] = None,
+    judge_api_key: Annotated[Optional[str], typer.Option("--judge-api-key", envvar="CADA_JUDGE_API_KEY",
+                                                         show_default=False, help="API key of the judge server "
+                                                         "(better: set CADA_JUDGE_API_KEY; else CADA_API_KEY).")
+                             ] = None,
+    batch_size: Annotated[Optional[int], option(EvalConfig, "batch_size", "--batch-size", min=1)] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    backend: BackendOpt = "auto",
+    tensor_parallel_size: TPOpt = 1,
+    concurrency: ConcurrencyOpt = 8,
+) -> None:
+    """Evaluate a model on a benchmark, your own file, or a named suite; rates with 95% bootstrap intervals."""
+    from cada.config import suite as named_suite
+    from cada.evaluate.run import evaluate_model, load_sets, make_judges
+    from cada.models.generate import make_generator
+    from cada.reasoning import Mode
+    from cada.records import write_json
+    from cada.spec.schema import load_spec
+
+    try:
+        Mode(mode)
+    except ValueError:
+        raise CadaError(f"--mode {mode!r}: use none, codes or cases") from None
+    if judge is not None and judge not in ("refusal", "rubric"):
+        raise CadaError(f"--judge {judge!r}: use refusal or rubric")
+    chosen = [x for x in (dataset, benchmark, suite) if x is not None]
+    if len(chosen) != 1:
+        raise CadaError("give exactly one of --dataset FILE, --benchmark NAME or --suite NAME")
+    if dataset is not None:
+        if not dataset.is_file():
+            raise CadaError(f"{dataset}: dataset file not found")
+        if kind is None:
+            raise CadaError("--kind is required with --dataset: harmful, benign or utility")
+        if kind not in ("harmful", "benign", "utility"):
+            raise CadaError(f"--kind {kind!r}: use harmful, benign or utility")
+    attacks = {"attacks": attack, "templates": templates, "limit": limit,
+               "attack_file": str(attack_file) if attack_file else None, "attack_column": attack_column}
+    if suite is not None:
+        sets = [x.with_values({"limit": limit}) for x in named_suite(suite)]
+    elif dataset is not None:
+        sets = [EvalSet(name=dataset.stem, file=str(dataset), prompt_column=prompt_column, kind=kind,
+                        reference_column=reference_column).with_values(attacks)]
+    else:
+        sets = [EvalSet(name=benchmark).with_values(attacks)]
+    if attack_file is not None and not attack_file.is_file():
+        raise CadaError(f"{attack_file}: attack file not found")
+    cfg = EvalConfig().with_values({"max_new_tokens": max_new_tokens, "k": k, "judge": judge,
+                                    "judge_base_url": judge_base_url, "judge_model": judge_model,
+                                    "batch_size": batch_size})
+    # the judge's own key: the policy server's --api-key is never sent to another server
+    judges = make_judges(cfg, api_key=judge_api_key)
+    loaded = load_sets(sets)
+    s = load_spec(spec)
+    gen = make_generator(model, base_url=base_url, api_key=api_key, batch_size=cfg.batch_size, backend=backend,
+                         tensor_parallel_size=tensor_parallel_size, concurrency=concurrency)
+    results = evaluate_model(gen, loaded, s, lambda es: output if suite is None else output / es.name, cfg,
+                             mode=mode, judges=judges, seed=seed)
+    if suite is not None:
+        write_json(output / "metrics.json", results)
+    out.print(_metrics_table(results, f"{model} ({mode})"))
+    for name, m in results.items():
+        if "by_attack" in m:
+            out.print(_metrics_table(m["by_attack"], f"{name}: by attack"))
+    out.print(f"wrote {output}", markup=False, highlight=False)
+
+
+def _print_summary(summary: dict, output: Path) -> None:
+    t = Table(title=f"{summary.get('name', 'study')}: headline (refused or partial; accuracy for GSM8K)")
+    cols = ("harmful_refusal", "jailbreak_refusal", "benign_refusal", "gsm8k_accuracy", "reference_loglik")
+    t.add_column("system")
+    for c in cols:
+        t.add_column(c.replace("_", " "))
+    for name, h in summary["headline"].items():
+        t.add_row(summary["systems"][name]["label"], *("-" if h.get(c) is None else f"{h[c]:.2f}" for c in cols))
+    out.print(t)
+    report = summary.get("report", {})
+    out.print(f"wall time: {summary.get('wall_seconds', 0) / 60:.1f} min", markup=False, highlight=False)
+    if report:
+        out.print(f"report: {report.get('html')}", markup=False, highlight=False)
+    out.print(f"summary: {output / 'summary.json'}", markup=False, highlight=False)
+
+
+@app.command("study")
+def study_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Study YAML (see recipes/), or a shipped preset "
+                                         "by name (demo).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Study folder (resumes when it "
+                                                   "exists); default runs/<name>.")] = None,
+) -> None:
+    """Run the paper's study at any size from a YAML config: base x reasoning modes, trained arms, report."""
+    from cada.config import load_study
+    from cada.pipeline.study import run_study
+
+    cfg = load_study(config)
+    output = output or Path("runs") / cfg.name
+    _print_summary(run_study(cfg, output), output)
+
+
+@app.command("demo")
+def demo_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Study folder (resumes when it exists).")] = Path(
+        "runs/demo"),
+    model: ModelOpt = "smollm2-135m",
+) -> None:
+    """The whole study at CPU size on the embedded model (about 15 minutes on two cores), with a report."""
+    from cada.config import demo_config
+    from cada.pipeline.study import run_study
+
+    _print_summary(run_study(demo_config(model), output), output)
+
+
+@app.command("report")
+def report_cmd(study: Annotated[Path, typer.Argument(help="Study folder (holds summary.json).")]) -> None:
+    """(Re)write a study's report: HTML (self-contained), markdown and JSON."""
+    from cada.report import write_report
+
+    for kind, path in write_report(study).items():
+        out.print(f"{kind}: {path}", markup=False, highlight=False)
+
+
