@@ -83,9 +83,10 @@ class Settings(BaseModel):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
-    def with_values(self, values: dict[str, Any], where: str | None = None):
+    def with_values(self, values: dict[str, Any], where: str | None = None, flags: dict[str, str] | None = None):
         """A copy with the given dotted settings (``"generation.n": 8``) replaced, validated again; ``None`` values
-        are settings nobody gave (a flag left out), so the config's own value stays."""
+        are settings nobody gave (a flag left out), so the config's own value stays. ``flags`` names the flag that
+        gave a setting, so that a bad value's error names the flag (``--mode 'bogus': ...``)."""
         data = self.model_dump()
         for key, value in values.items():
             if value is None:
@@ -98,6 +99,9 @@ class Settings(BaseModel):
         try:
             return type(self).model_validate(data)
         except ValidationError as e:
+            key = ".".join(map(str, e.errors()[0]["loc"]))
+            if flags and key in flags and values.get(key) is not None:
+                raise CadaError(f"{flags[key]} {values[key]!r}: {e.errors()[0]['msg']}") from None
             raise CadaError(validation_message(e, where)) from None
 
     def differences(self, other: "Settings", most: int = 3) -> str:

@@ -38,8 +38,17 @@ err = Console(stderr=True, soft_wrap=True)  # errors and warnings stay one line 
 
 # shared options ---------------------------------------------------------------------------------
 def option(cls, name: str, *flags: str, **kw):
-    """A flag whose help is the config field's description (one help text per setting); its default is None, so
-    it overrides a config file only when given."""
+    """A flag for the config field ``cls.name``: its help is the field's description and its range the field's
+    bounds (each declared once, in cada.config), so a nonsense number is refused by the option itself; its default
+    is None, so it overrides a config file only when given."""
+    import annotated_types as at
+
+    # closed bounds only: click's ranges have no open end, so a strict bound (lr > 0) is the config's one-line error
+    for m in cls.model_fields[name].metadata:
+        if isinstance(m, at.Ge):
+            kw.setdefault("min", m.ge)
+        elif isinstance(m, at.Le):
+            kw.setdefault("max", m.le)
     return typer.Option(*flags, help=describe(cls, name), **kw)
 
 

@@ -62,8 +62,9 @@ def generate_cmd(
     from cada.selfgen import self_generate, summarize
     from cada.spec.schema import load_spec
 
-    cfg = SelfGenConfig().with_values({"mode": mode, "n": n, "k": k, "temperature": temperature,
-                                       "max_new_tokens": max_new_tokens, "seed": seed})
+    values = {"mode": mode, "n": n, "k": k, "temperature": temperature, "max_new_tokens": max_new_tokens,
+              "seed": seed}
+    cfg = SelfGenConfig().with_values(values, flags={k: "--" + k.replace("_", "-") for k in values})
     s = load_spec(spec)
     prompts, removed = generation_prompts(pool, limit, cfg.seed)
     if removed:

@@ -82,8 +82,8 @@ def make_judges(cfg: EvalConfig, api_key: str | None = None):
         from cada.models.generate import make_generator
 
         if not cfg.judge_base_url:
-            raise CadaError("eval.judge_base_url: the rubric judge needs an OpenAI-compatible server "
-                            "(--judge-base-url or $CADA_JUDGE_BASE_URL)")
+            raise CadaError("eval.judge_base_url: the rubric judge needs an OpenAI-compatible server (`cada eval "
+                            "--judge rubric` needs --judge-base-url or $CADA_JUDGE_BASE_URL)")
         rubric = RubricJudge(make_generator(cfg.judge_model, base_url=cfg.judge_base_url, backend="http",
                                             api_key=api_key or os.environ.get("CADA_JUDGE_API_KEY")))
     return RefusalJudge.load(), rubric

@@ -165,7 +165,7 @@ def dataset_stage(r: ArmRun, rnd: int, policy: str) -> Stage:
         write_json(rdir / "dataset.json", stats)
         return {}
 
-    return Stage(f"round {rnd}: training set", (path, rdir / "dataset.json"), work, path, announce=False)
+    return Stage(f"round {rnd}: training set", (path, rdir / "dataset.json"), work, path, quiet=True)
 
 
 def training_stage(r: ArmRun, rnd: int, start: str) -> Stage:
@@ -241,6 +241,7 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
     """Run (or resume) one arm into ``output``; returns the summary (also written to ``output/summary.json``)."""
     from cada.spec.schema import load_spec
 
+    t_all = time.perf_counter()
     run = Path(output)
     check(cfg, run)
     spec = load_spec(cfg.spec)
@@ -255,7 +256,6 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
     log(f"pools: {len(train_prompts)} self-generation prompts, {len(held_prompts)} held back -> {run / 'pool'}")
     r = ArmRun(cfg, run, spec, log, show_progress)
     before = read_json(run / "summary.json") if (run / "summary.json").exists() else {}
-    t_all = time.perf_counter()
     policy, rounds = cfg.model, []
     for rnd in range(1, cfg.rounds + 1):
         rounds.append(run_round(r, rnd, policy, train_prompts))

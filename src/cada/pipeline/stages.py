@@ -26,6 +26,7 @@ class Stage:
     title: str = ""                    # the log line (default: the name), with how much it runs on
     # False: the work logs its own lines, as the sizes they name become known (a set built, then trained on)
     announce: bool = True
+    quiet: bool = False                # no line at all, done or not (a stage of seconds the next one names)
 
     def done(self) -> bool:
         return all(p.exists() for p in self.outputs)
@@ -89,9 +90,10 @@ class Ledger:
 def run_stage(stage: Stage, ledger: Ledger, log: StageLog) -> bool:
     """Run ``stage`` unless it is done; returns whether it ran."""
     if stage.done():
-        log(stage.line(), done=True)
+        if not stage.quiet:
+            log(stage.line(), done=True)
         return False
-    if stage.announce:
+    if stage.announce and not stage.quiet:
         log(stage.line())
     t = time.perf_counter()
     info = stage.work()
