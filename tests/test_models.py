@@ -242,7 +242,7 @@ def test_prompts_of_different_lengths_are_encoded_in_groups_with_the_same_output
     p = SamplingParams(max_new_tokens=8) if n == 1 else SamplingParams(max_new_tokens=8, temperature=1.0,
                                                                         top_p=1e-9, n=n)
     one = _gen(sharp_model, batch_size=8, min_prefix_tokens=64)
-    one._ragged = False
+    one.ragged = False
     grouped = _gen(sharp_model, batch_size=8, min_prefix_tokens=64)
     want, got = one.generate(chats, p), grouped.generate(chats, p)
     assert (grouped.last_stats["prefix_tokens"] > 200) is (system is not None)

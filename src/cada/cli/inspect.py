@@ -10,21 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cada.cli.app import (
-    ApiKeyOpt,
-    BaseUrlOpt,
-    ModelOpt,
-    SpecOpt,
-    app,
-    err,
-    model_app,
-    option,
-    out,
-    spec_app,
-)
-from cada.config import (
-    GenConfig,
-)
+from cada.cli.app import (ApiKeyOpt, BaseUrlOpt, ModelOpt, SpecOpt, app, err, model_app, option, out, spec_app)
+from cada.config import (GenConfig)
 from cada.errors import CadaError
 
 

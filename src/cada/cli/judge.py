@@ -8,13 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cada.cli.app import (
-    JudgeKeyOpt,
-    JudgeModelOpt,
-    JudgeUrlOpt,
-    judge_app,
-    out,
-)
+from cada.cli.app import (JudgeKeyOpt, JudgeModelOpt, JudgeUrlOpt, judge_app, out)
 from cada.errors import CadaError
 
 # judge ------------------------------------------------------------------------------------------

@@ -8,23 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cada.cli.app import (
-    ApiKeyOpt,
-    BackendOpt,
-    BaseUrlOpt,
-    ConcurrencyOpt,
-    ModelOpt,
-    SpecOpt,
-    TPOpt,
-    app,
-    option,
-    out,
-)
-from cada.config import (
-    DEFAULT_MODEL,
-    EvalConfig,
-    EvalSet,
-)
+from cada.cli.app import (ApiKeyOpt, BackendOpt, BaseUrlOpt, ConcurrencyOpt, ModelOpt, SpecOpt, TPOpt, app, option, out)
+from cada.config import (DEFAULT_MODEL, EvalConfig, EvalSet)
 from cada.errors import CadaError
 
 

@@ -7,29 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from cada.cli.app import (
-    ApiKeyOpt,
-    BackendOpt,
-    BaseUrlOpt,
-    ConcurrencyOpt,
-    ModelOpt,
-    SpecOpt,
-    TPOpt,
-    app,
-    err,
-    option,
-    out,
-)
-from cada.config import (
-    DEFAULT_MODEL,
-    AlignConfig,
-    GenConfig,
-    PoolConfig,
-    Recipe,
-    SelfGenConfig,
-    TrainConfig,
-    describe,
-)
+from cada.cli.app import (ApiKeyOpt, BackendOpt, BaseUrlOpt, ConcurrencyOpt, ModelOpt, SpecOpt, TPOpt, app, err,
+                          option, out)
+from cada.config import (DEFAULT_MODEL, AlignConfig, GenConfig, PoolConfig, Recipe, SelfGenConfig, TrainConfig,
+                         describe)
 from cada.errors import CadaError
 
 

@@ -122,8 +122,8 @@ class LocalGenerator:
         self.pad_id = pad if pad is not None else (self.stop_ids[0] if self.stop_ids else 0)
         self._token_budget: int | None = None  # rows x tokens x n that fitted after an out-of-memory error
         self._prefix_memo: tuple[list[int], object] | None = None  # (prefix tokens, their keys/values or None)
-        self._encode_once = True  # n samples: encode each prompt once (False: generate's n copies; for benchmarks)
-        self._ragged = True  # encode prompts of very different lengths in groups (False: one pass; for benchmarks)
+        self.encode_once = True  # n samples: encode each prompt once (False: generate's n copies; for benchmarks)
+        self.ragged = True  # encode prompts of very different lengths in groups (False: one pass; for benchmarks)
         self._prompt_passes = 0  # forward passes that encoded prompts in the latest call (0: generate did)
         self.last_stats: dict = {}
 
@@ -233,8 +233,8 @@ class LocalGenerator:
         # prompts encoded here, not by generate: for n > 1 samples each prompt once, its cache copied n times
         # (generate would encode n copies of each ~500-token `cases` prompt), and prompts of very different lengths
         # in groups of similar length (:meth:`_encode_prompts`)
-        groups = ragged_groups(mask[:, p:-1].sum(-1).tolist()) if self._ragged else [list(range(len(rows)))]
-        once = self._encode_once and not config.is_encoder_decoder and (n > 1 or len(groups) > 1)
+        groups = ragged_groups(mask[:, p:-1].sum(-1).tolist()) if self.ragged else [list(range(len(rows)))]
+        once = self.encode_once and not config.is_encoder_decoder and (n > 1 or len(groups) > 1)
         cache = None
         if p:
             cache = shared_prefix_cache(config, prefix_kv, len(rows) * (1 if once else n),
