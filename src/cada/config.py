@@ -33,7 +33,7 @@ RECIPES_DIR = Path(__file__).with_name("recipes")  # the presets shipped inside 
 @dataclass(frozen=True)
 class Arm:
     """One trained arm: the reasoning mode its chains are grounded in, its training method and, for the SFT arms,
-    which set it trains on (``pairs.sft_set``)."""
+    which set it trains on (``datasets.sft_set``)."""
 
     name: str
     label: str        # the paper's name

@@ -20,7 +20,7 @@ from pathlib import Path
 from cada.config import ARMS, AlignConfig, SelfGenConfig, stage
 from cada.errors import CadaError
 from cada.pipeline.pools import judgement_prompts, prepare_pools
-from cada.pipeline.stages import Ledger, Stage, StageLog, run_stage, training_outputs
+from cada.pipeline.stages import Ledger, Stage, StageLog, check_server, run_stage, training_outputs
 from cada.records import read_json, read_records, write_json, write_records
 
 
@@ -231,6 +231,7 @@ def check(cfg: AlignConfig, run: Path) -> None:
     resolve_trainable(cfg.model)  # training needs local weights: a typo fails here, before any stage runs
     if cfg.judgement_model:
         resolve_trainable(cfg.judgement_model)
+    check_server(cfg.base_url)
     saved = run / "config.yaml"
     if saved.exists() and (before := AlignConfig.from_yaml(saved)) != cfg:
         raise CadaError(f"{saved}: this run folder was started with another config ({before.differences(cfg)}); "

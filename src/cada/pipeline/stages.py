@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cada.errors import CadaError
 from cada.records import read_json, write_json
 
 
@@ -99,3 +100,24 @@ def run_stage(stage: Stage, ledger: Ledger, log: StageLog) -> bool:
     info = stage.work()
     ledger.record(stage.name, time.perf_counter() - t, info)
     return True
+
+
+def check_server(base_url: str | None, timeout: float = 5.0) -> None:
+    """Before the first stage: a server that generation will go to must answer (any HTTP status counts: a 401
+    or 404 is still a server), so an unreachable ``--base-url`` fails in seconds, not after the pools are built.
+    ``None`` checks ``$CADA_BASE_URL``, where generation would go without a ``--base-url``."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    url = base_url or os.environ.get("CADA_BASE_URL")
+    if not url:
+        return
+    try:
+        urllib.request.urlopen(url.rstrip("/") + "/models", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise CadaError(f"cannot reach the server at {url} ({reason}); check --base-url (or $CADA_BASE_URL) "
+                        "and that the server is up: no stage has run") from None

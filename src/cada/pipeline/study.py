@@ -27,7 +27,7 @@ from cada.config import ARMS, MODE_LABELS, EvalSet, StudyConfig
 from cada.errors import CadaError
 from cada.evaluate.metrics import headline, verdict
 from cada.pipeline.pools import heldout_sets, judgement_prompts, study_pools
-from cada.pipeline.stages import Ledger, Stage, StageLog
+from cada.pipeline.stages import Ledger, Stage, StageLog, check_server
 from cada.records import read_json, write_json
 
 MODE_COST = {"none": 1.0, "cases": 1.6, "codes": 2.5}  # relative generation cost of a reasoning mode
@@ -185,6 +185,9 @@ def check(cfg: StudyConfig, out: Path) -> None:
 
     if cfg.arms:
         resolve_trainable(cfg.model)  # the arms train on local weights
+    check_server(cfg.base_url)
+    if cfg.eval.judge == "rubric" and cfg.eval.judge_base_url:
+        check_server(cfg.eval.judge_base_url)
     saved = out / "config.yaml"
     if saved.exists():
         try:

@@ -14,8 +14,7 @@ import re
 from pathlib import Path
 
 from cada.errors import CadaError
-# the one definition of the headline and the verdict (imported by name: cada.evaluate re-exports a `metrics`
-# function that shadows the module)
+# the one definition of the headline and the verdict
 from cada.evaluate.metrics import HEADLINE, HEADLINE_RATE, VERDICT_MEASURES
 from cada.evaluate.metrics import headline as pooled_headline
 from cada.evaluate.metrics import verdict as checked_verdict

@@ -20,6 +20,10 @@ DEFAULT_SPEC_DIR = Path(__file__).parent / "default"
 SPEC_FILES = ("statutes.yaml", "codes.yaml", "cases.yaml")
 
 
+#: a spec text longer than this many characters is warned about (a small model's context is about 8k tokens)
+LONG_TEXT_CHARS = 2000
+
+
 class Verdict(str, Enum):
     refuse = "refuse"
     comply = "comply"
@@ -127,6 +131,18 @@ class Spec(_Strict):
         for c in self.cases:
             counts[c.verdict.value] += 1
         return counts
+
+    def long_texts(self, limit: int = LONG_TEXT_CHARS) -> list[str]:
+        """Warnings for texts longer than ``limit`` characters: a case sits in the prompt of every ``cases``
+        answer it is retrieved for (and the codes in every ``codes`` one), so one very long text crowds the
+        request out of a small model's context."""
+        found = [(f"case {c.id} ({field})", len(getattr(c, field))) for c in self.cases
+                 for field in ("request", "rationale") if len(getattr(c, field)) > limit]
+        found += [(f"statute {s.id}", len(s.text)) for s in self.statutes if len(s.text) > limit]
+        found += [(f"rule {r.id}", len(t)) for r in self.codes.rules for t in r.prohibited + r.allowed
+                  if len(t) > limit]
+        return [f"{where} is {n:,} characters (over {limit:,}): it fills a small model's context in every prompt "
+                "it appears in; shorten it" for where, n in found]
 
 
 class _CrossCheckError(ValueError):
