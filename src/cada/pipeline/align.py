@@ -77,9 +77,10 @@ def selfgen_stage(r: ArmRun, rnd: int, policy: str, prompts: list) -> Stage:
 
 
 def judgement_stage(cfg: AlignConfig, prompts: list, policy: str, out: Path, log: StageLog, *,
-                    name: str = "judgement stage", section=None) -> Stage:
+                    name: str = "judgement stage", lead: str = "judgement stage:", section=None) -> Stage:
     """SFT ``policy`` on the judgement line of ``prompts`` into ``out/model`` (a study runs it once for its arms),
-    encoded at the judgement stage's length and trained with ``section`` (default: ``judgement_train``)."""
+    encoded at the judgement stage's length and trained with ``section`` (default: ``judgement_train``); ``lead``
+    opens the log line that names how many lines it trains on."""
     from cada.datasets import encode_judgement, judgement_set
     from cada.train import train
 
@@ -87,8 +88,7 @@ def judgement_stage(cfg: AlignConfig, prompts: list, policy: str, out: Path, log
         rows = judgement_set(prompts)
         encoded, kept = encode_judgement(rows, policy, cfg.judgement_train.max_length)
         write_records(out / "judgement.jsonl", kept)  # readable; training takes the encoded form
-        log(f"{name.replace(', decision lines', ':')}{':' if name == 'judgement stage' else ''} SFT on {len(kept)} "
-            f"decision lines -> {out}")
+        log(f"{lead} SFT on {len(kept)} decision lines -> {out}")
         train(policy, encoded, out, stage(section or cfg.judgement_train, "sft", cfg.seed))
         return {"judgement_dropped_too_long": len(rows) - len(kept)}
 
@@ -198,7 +198,7 @@ def calibration_stage(r: ArmRun, policy: str) -> Stage:
         # the judgement lines at the judgement stage's length: a long jailbreak-wrapped prompt trained on the line
         # alone learns to stop after it; the whole rows below, up to c.max_length, teach the answer
         r.step(judgement_stage(r.cfg, prompts, policy, out / "judgement", r.log,
-                               name="calibration pass, decision lines", section=c))
+                               name="calibration pass, decision lines", lead="calibration pass:", section=c))
         benign = [p for p in prompts if p.label == "benign"]
         r.log(f"calibration pass: the base model's answers to {len(benign)} benign prompts -> "
               f"{out / 'answers.jsonl'}", done=r.log.active and answered(out / "answers.jsonl", benign))
