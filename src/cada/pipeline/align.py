@@ -32,6 +32,9 @@ class ArmRun:
         self.cfg, self.run, self.spec, self.log, self.show_progress = cfg, run, spec, log, show_progress
         self.arm = ARMS[cfg.arm]
         self.ledger = Ledger.load(run)
+        # a folder an earlier version wrote has no ledger: its summary.json keeps what its stages measured
+        self.earlier = {} if self.ledger.path.exists() or not (run / "summary.json").exists() else read_json(
+            run / "summary.json")
         self._gen = None
 
     def generator(self, policy: str, rnd: int):
@@ -314,12 +317,20 @@ def round_info(r: ArmRun, rnd: int, policy: str) -> dict:
     for key, folder in (("judgement_seconds", "judgement"), ("warmup_seconds", "warmup"), ("train_seconds", "train")):
         if (s := _seconds(rdir / folder)) is not None:
             info[key] = s
+    earlier = next((x for x in r.earlier.get("rounds", []) if x.get("round") == rnd), {})
+    info.update({k: earlier[k] for k in LEDGER_KEYS if k in earlier})
     return {k: v for k, v in info.items() if v is not None}
+
+
+#: what a round's summary takes from the ledger: for a folder an earlier version wrote, from its summary instead
+LEDGER_KEYS = ("generation_seconds", "answer_seconds", "warmup_dropped_too_long", "judgement_dropped_too_long")
 
 
 def calibration_info(r: ArmRun) -> dict:
     out = r.run / "calibration"
     info = {k: v for k, v in (r.ledger.entries.get("calibration pass") or {}).items() if k != "seconds"}
+    if "answer_seconds" in r.earlier.get("calibration", {}):
+        info["answer_seconds"] = r.earlier["calibration"]["answer_seconds"]
     for name, path in (("judgement", out / "judgement" / "judgement.jsonl"), ("warmup", out / "warmup.jsonl")):
         rows = read_records(path)
         info[f"{name}_rows"] = {lab: sum(x["label"] == lab for x in rows) for lab in ("benign", "harmful")}
