@@ -129,6 +129,26 @@ def describe(cls: type[BaseModel], name: str) -> str:
     return cls.model_fields[name].description or ""
 
 
+# --- talking to a server ---------------------------------------------------------------------------------
+
+def _timeout_field() -> Any:
+    return Field(120.0, gt=0, allow_inf_nan=False, description="Seconds to wait for one answer of an "
+                 "OpenAI-compatible server (--base-url, or the rubric judge's) before the request is retried, then "
+                 "fails; default 120.")
+
+
+def _retries_field() -> Any:
+    return Field(3, ge=0, description="Retries, with backoff, of a server request that timed out, could not "
+                 "connect or got a 408/429/5xx answer, before it counts as failed; default 3.")
+
+
+class HttpConfig(Settings):
+    """How cada talks to an OpenAI-compatible server (the policy's ``--base-url``, or the rubric judge's)."""
+
+    timeout: float = _timeout_field()
+    max_retries: int = _retries_field()
+
+
 # --- pools, generation, training ------------------------------------------------------------------------
 
 class PoolConfig(Settings):
@@ -348,6 +368,9 @@ class EvalConfig(Settings):
     judge_base_url: str | None = Field(None, description="OpenAI-compatible server of the rubric judge (key: "
                                        "$CADA_JUDGE_API_KEY, else $CADA_API_KEY).")
     judge_model: str | None = Field(None, description="Rubric judge model name on that server.")
+    # the rubric judge's server and `cada eval --base-url`'s; a study's policy server once the pipeline passes them
+    timeout: float = _timeout_field()
+    max_retries: int = _retries_field()
     loglik_n: int = Field(32, ge=0, description="GSM8K reference answers scored for log-likelihood (0 = skip).")
     # the in-distribution check of docs/training.md, reported apart from the benchmarks
     heldout: bool = Field(False, description="Also answer the training pools' held-back prompts (heldout-harmful, "

@@ -151,6 +151,22 @@ def require(rows: Sequence[dict], kind: str, path: str | Path) -> None:
             raise CadaError(f"{path}: record {i} lacks {', '.join(missing)}: give records written by `{source}`")
 
 
+def checkpoint_size(generator, default: int = 64) -> int:
+    """How many prompts a generating stage answers between two appends: one batch of ``generator``, so a kill
+    loses at most the batch in flight. Over HTTP the requests in flight (``concurrency``); locally the batch
+    (``batch_size``; on CUDA, where the batch is sized from free memory, ``max_batch_size``); else ``default``."""
+    if getattr(generator, "concurrency", None):
+        return max(1, int(generator.concurrency))
+    size = getattr(generator, "batch_size", None)
+    if not size:
+        return default
+    adaptive = getattr(generator, "adaptive_batch", None)
+    if adaptive is None:
+        device = getattr(getattr(generator, "model", None), "device", None)
+        adaptive = getattr(device, "type", None) == "cuda"
+    return max(1, int(getattr(generator, "max_batch_size", size) if adaptive else size))
+
+
 def append_in_chunks(path: str | Path, todo: Sequence, size: int, answer) -> list[dict]:
     """The loop of every generating stage (self-generation, evaluation, direct answers): ``answer(chunk) -> rows``
     for each chunk of ``todo``, each chunk's rows appended (and fsynced) before the next starts, so a kill loses at
@@ -174,6 +190,8 @@ def read_records(path: str | Path, *, repair: bool = False) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
+    if path.is_dir():
+        raise CadaError(f"{path}: is a folder, give a file")
     records: list[dict] = []
     good_bytes = 0
     with path.open("rb") as f:
@@ -205,38 +223,111 @@ def read_records(path: str | Path, *, repair: bool = False) -> list[dict]:
 def append_records(path: str | Path, records: Iterable[dict]) -> int:
     """Append records and fsync, so what was written survives a kill; returns how many."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with path.open("a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise CadaError(_unwritable(path, e)) from None
     return n
 
 
-def write_records(path: str | Path, records: Iterable[dict]) -> int:
-    """Write a whole file atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _unwritable(path: Path, e: OSError) -> str:
+    if path.is_dir():
+        return f"{path}: is a folder, give a file"
+    return f"{path}: cannot write there ({e.strerror or type(e).__name__})"
+
+
+def _atomic(path: Path, write) -> None:
+    """``write(tmp)`` then rename ``tmp`` over ``path``; a failed write leaves no temp file and the old file."""
     tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CadaError(_unwritable(path, e)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_records(path: str | Path, records: Iterable[dict]) -> int:
+    """Write a whole file atomically (temp file + rename); a failed write leaves nothing behind."""
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        nonlocal n
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                n += 1
+
+    _atomic(Path(path), write)
     return n
 
 
 def write_json(path: str | Path, obj) -> None:
-    """Write one JSON document atomically (temp file + rename): a kill never leaves half a summary."""
+    """Write one JSON document atomically (temp file + rename): a kill never leaves half a summary, and a failed
+    write leaves no temp file."""
+    text = json.dumps(obj, indent=2)
+    _atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def check_writable(path: str | Path, *, folder: bool, flag: str = "--output") -> None:
+    """Refuse an output before any work is done: a file where a folder goes or a folder where a file goes, a path
+    under a file, or a place this process cannot create files in (probed with a temp file, so it holds for root
+    too). Whatever the probe creates is removed again."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    if folder and path.exists() and not path.is_dir():
+        raise CadaError(f"{flag} {path}: is a file, give a folder")
+    if not folder and path.is_dir():
+        raise CadaError(f"{flag} {path}: is a folder, give a file")
+    where = path if folder else path.parent
+    missing = []
+    top = where
+    while not top.exists() and top != top.parent:
+        missing.append(top)
+        top = top.parent
+    if top.exists() and not top.is_dir():
+        raise CadaError(f"{flag} {path}: {top} is a file, not a folder")
+    import tempfile
+
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".cada-probe-")
+        os.close(fd)
+        os.unlink(probe)
+        if not folder and path.exists():  # appended to or replaced: it must open for writing
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+    except OSError as e:
+        raise CadaError(f"{flag} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+    finally:
+        for d in reversed(created):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def check_input(path: str | Path, flag: str, what: str = "file") -> Path:
+    """An input file that exists and is a file: else a one-line error (``is a folder, give a file`` / ``not
+    found``) naming the flag."""
+    path = Path(path)
+    if path.is_dir():
+        raise CadaError(f"{flag} {path}: is a folder, give a file")
+    if not path.is_file():
+        raise CadaError(f"{path}: {what} not found")
+    return path
 
 
 def read_json(path: str | Path):
@@ -263,6 +354,8 @@ FORMATS = (".csv", ".json", ".jsonl")
 def read_rows(path: str | Path) -> list[dict]:
     """Read a table of records: ``.csv`` (header row), ``.json`` (a list of objects) or ``.jsonl`` (one a line)."""
     path = Path(path)
+    if path.is_dir():
+        raise CadaError(f"{path}: is a folder, give a file")
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise CadaError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .csv, .json or .jsonl")

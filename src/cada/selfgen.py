@@ -18,7 +18,7 @@ from cada.config import SelfGenConfig
 from cada.errors import CadaError
 from cada.models.generate import Generator, SamplingParams, progress_bar
 from cada.reasoning import Mode, SafetyReasoner
-from cada.records import append_in_chunks, read_records
+from cada.records import append_in_chunks, checkpoint_size, read_records
 from cada.spec.schema import Spec
 
 log = logging.getLogger(__name__)
@@ -122,5 +122,6 @@ def direct_answers(prompts: list, gen, path: Path, max_new_tokens: int, *, show_
                             SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
         return [{"id": p.id, "response": o[0]} for p, o in zip(chunk, outs)]
 
-    done.update((r["id"], r["response"]) for r in append_in_chunks(path, todo, 64, answer))
+    # one batch of the generator between appends: a kill loses at most the batch in flight
+    done.update((r["id"], r["response"]) for r in append_in_chunks(path, todo, checkpoint_size(gen), answer))
     return done

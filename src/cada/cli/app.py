@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from cada import __version__
-from cada.config import describe
+from cada.config import HttpConfig, describe
 
 # rich help panels only on a terminal of 100+ columns: on a narrow one, and when piped (rich then draws 80
 # columns), they would cut long option names such as --calibration-per-label; click's plain help wraps instead
@@ -49,7 +49,17 @@ def option(cls, name: str, *flags: str, **kw):
             kw.setdefault("min", m.ge)
         elif isinstance(m, at.Le):
             kw.setdefault("max", m.le)
+    kw.setdefault("callback", finite)
     return typer.Option(*flags, help=describe(cls, name), **kw)
+
+
+def finite(value):
+    """Refuse inf and NaN for a float flag, as click refuses a value out of its range (NaN passes every range)."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Embedded alias (smollm2-135m), local HF folder, "
@@ -73,6 +83,15 @@ JudgeKeyOpt = Annotated[Optional[str], typer.Option("--judge-api-key", "--api-ke
                                                     show_default=False, help="API key of the judge server (better: "
                                                     "set CADA_JUDGE_API_KEY; else CADA_API_KEY is used).")]
 ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", min=1, help="Requests in flight over HTTP.")]
+TimeoutOpt = Annotated[Optional[float], option(HttpConfig, "timeout", "--timeout")]
+RetriesOpt = Annotated[Optional[int], option(HttpConfig, "max_retries", "--max-retries")]
+
+
+def http_settings(timeout: float | None, max_retries: int | None) -> dict:
+    """``--timeout`` / ``--max-retries`` checked (a bad value names the flag), as make_generator's keywords."""
+    cfg = HttpConfig().with_values({"timeout": timeout, "max_retries": max_retries},
+                                   flags={"timeout": "--timeout", "max_retries": "--max-retries"})
+    return {"timeout": cfg.timeout, "max_retries": cfg.max_retries}
 
 
 def _version(value: bool) -> None:

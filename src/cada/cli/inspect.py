@@ -10,7 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cada.cli.app import (ApiKeyOpt, BaseUrlOpt, ModelOpt, SpecOpt, app, err, model_app, option, out, spec_app)
+from cada.cli.app import (ApiKeyOpt, BaseUrlOpt, ModelOpt, RetriesOpt, SpecOpt, TimeoutOpt, app, err, http_settings,
+                          model_app, option, out, spec_app)
 from cada.config import (GenConfig)
 from cada.errors import CadaError
 
@@ -93,12 +94,14 @@ def reason(
                                    "similar by embedding; 0 = all.")] = 6,
     max_new_tokens: Annotated[int, option(GenConfig, "max_new_tokens", "--max-new-tokens", min=1)
                               ] = GenConfig().max_new_tokens,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy.")] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+    temperature: Annotated[float, option(GenConfig, "temperature", "--temperature")] = 0.0,
+    top_p: Annotated[float, option(GenConfig, "top_p", "--top-p")] = 1.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
+    timeout: TimeoutOpt = None,
+    max_retries: RetriesOpt = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, ... (default: auto).")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
 ) -> None:
@@ -113,10 +116,11 @@ def reason(
         mode_ = Mode(mode)
     except ValueError:
         raise CadaError(f"--mode {mode!r}: use none, codes or cases") from None
+    http = http_settings(timeout, max_retries)
     s = load_spec(spec)
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     gen = make_generator(model, base_url=base_url, api_key=api_key, device=device,
-                         trust_remote_code=trust_remote_code, show_progress=False)
+                         trust_remote_code=trust_remote_code, show_progress=False, **http)
     result = SafetyReasoner(s, mode_, k=k).run(gen, [prompt], params)[0][0]
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))

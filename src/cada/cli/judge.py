@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cada.cli.app import (JudgeKeyOpt, JudgeModelOpt, JudgeUrlOpt, judge_app, out)
+from cada.cli.app import (JudgeKeyOpt, JudgeModelOpt, JudgeUrlOpt, RetriesOpt, TimeoutOpt, err, http_settings,
+                          judge_app, out)
 from cada.errors import CadaError
 
 # judge ------------------------------------------------------------------------------------------
@@ -35,14 +36,22 @@ def judge_cmd(
     base_url: JudgeUrlOpt = None,
     api_key: JudgeKeyOpt = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Rubric judge requests in flight.")] = 8,
+    timeout: TimeoutOpt = None,
+    max_retries: RetriesOpt = None,
 ) -> None:
     """Judge every row of a file: cada judge --input FILE --response-column COL --output OUT.jsonl."""
     if ctx.invoked_subcommand is not None:
         return
     from cada.judges.batch import judge_file
+    from cada.records import check_input, check_writable
 
     if input is None or output is None:
         raise CadaError("cada judge needs --input FILE and --output OUT.jsonl (or a subcommand: train, calibrate)")
+    http = http_settings(timeout, max_retries)
+    check_input(input, "--input", "input file")
+    if head is not None:
+        check_input(head, "--head", "refusal-head file")
+    check_writable(output, folder=False)
     generator = None
     if judge == "rubric":
         if not base_url:
@@ -50,10 +59,18 @@ def judge_cmd(
                             "an OpenAI-compatible server")
         from cada.models.http import OpenAIGenerator
 
-        generator = OpenAIGenerator(base_url, model or "default", api_key=api_key, concurrency=concurrency)
+        generator = OpenAIGenerator(base_url, model or "default", api_key=api_key, concurrency=concurrency, **http)
     summary = judge_file(input, output, judge=judge, response_column=response_column, prompt_column=prompt_column,
                          head=head, generator=generator)
     out.print_json(data=summary)
+    failed, n = summary.get("failed", 0), summary["n"]
+    if failed:  # what was judged is written either way; the failed rows have label null and their error
+        first = " ".join(str(summary.get("first_error") or "").split())[:200]
+        if failed == n:
+            raise CadaError(f"{output}: the {judge} judge failed on every row ({n} of {n}; first: {first}); check "
+                            "--judge-base-url, --judge-model and the server")
+        err.print(f"warning: the {judge} judge failed on {failed} of {n} rows (label null, error set in {output}; "
+                  f"first: {first})", markup=False, highlight=False)
 
 
 @judge_app.command("train")
@@ -84,7 +101,11 @@ def judge_calibrate(
 ) -> None:
     """Accuracy, per-class precision/recall and the confusion matrix of the refusal judge against human labels."""
     from cada.judges.batch import calibrate, report_text
+    from cada.records import check_input
 
+    check_input(input, "--input", "input file")
+    if head is not None:
+        check_input(head, "--head", "refusal-head file")
     report = calibrate(input, label_column, response_column=response_column, prompt_column=prompt_column,
                        head=head)
     if as_json:

@@ -68,13 +68,15 @@ def eval_cmd(
     backend: BackendOpt = "auto",
     tensor_parallel_size: TPOpt = 1,
     concurrency: ConcurrencyOpt = 8,
+    timeout: Annotated[Optional[float], option(EvalConfig, "timeout", "--timeout")] = None,
+    max_retries: Annotated[Optional[int], option(EvalConfig, "max_retries", "--max-retries")] = None,
 ) -> None:
     """Evaluate a model on a benchmark, your own file, or a named suite; rates with 95% bootstrap intervals."""
     from cada.config import suite as named_suite
-    from cada.evaluate.run import evaluate_model, load_sets, make_judges
+    from cada.evaluate.run import check_folders, evaluate_model, load_sets, make_judges
     from cada.models.generate import make_generator
     from cada.reasoning import Mode
-    from cada.records import write_json
+    from cada.records import check_input, check_writable, write_json
     from cada.spec.schema import load_spec
 
     try:
@@ -87,8 +89,7 @@ def eval_cmd(
     if len(chosen) != 1:
         raise CadaError("give exactly one of --dataset FILE, --benchmark NAME or --suite NAME")
     if dataset is not None:
-        if not dataset.is_file():
-            raise CadaError(f"{dataset}: dataset file not found")
+        check_input(dataset, "--dataset", "dataset file")
         if kind is None:
             raise CadaError("--kind is required with --dataset: harmful, benign or utility")
         if kind not in ("harmful", "benign", "utility"):
@@ -102,19 +103,27 @@ def eval_cmd(
                         reference_column=reference_column).with_values(attacks)]
     else:
         sets = [EvalSet(name=benchmark).with_values(attacks)]
-    if attack_file is not None and not attack_file.is_file():
-        raise CadaError(f"{attack_file}: attack file not found")
-    cfg = EvalConfig().with_values({"max_new_tokens": max_new_tokens, "k": k, "judge": judge,
-                                    "judge_base_url": judge_base_url, "judge_model": judge_model,
-                                    "batch_size": batch_size})
+    if attack_file is not None:
+        check_input(attack_file, "--attack-file", "attack file")
+    values = {"max_new_tokens": max_new_tokens, "k": k, "judge": judge, "judge_base_url": judge_base_url,
+              "judge_model": judge_model, "batch_size": batch_size, "timeout": timeout, "max_retries": max_retries}
+    cfg = EvalConfig().with_values(values, flags={key: "--" + key.replace("_", "-") for key in values})
+    # checked before any work: a path that is a file, or cannot be written, fails now rather than after generating
+    check_writable(output, folder=True)
     # the judge's own key: the policy server's --api-key is never sent to another server
     judges = make_judges(cfg, api_key=judge_api_key)
     loaded = load_sets(sets)
+
+    def folder_of(es):
+        return output if suite is None else output / es.name
+
+    # a folder made with other settings (mode, set, model, ...) is refused before the model loads
+    check_folders(loaded, folder_of, cfg, model=model, mode=mode, judges=judges, seed=seed)
     s = load_spec(spec)
     gen = make_generator(model, base_url=base_url, api_key=api_key, batch_size=cfg.batch_size, backend=backend,
-                         tensor_parallel_size=tensor_parallel_size, concurrency=concurrency)
-    results = evaluate_model(gen, loaded, s, lambda es: output if suite is None else output / es.name, cfg,
-                             mode=mode, judges=judges, seed=seed)
+                         tensor_parallel_size=tensor_parallel_size, concurrency=concurrency, timeout=cfg.timeout,
+                         max_retries=cfg.max_retries)
+    results = evaluate_model(gen, loaded, s, folder_of, cfg, mode=mode, judges=judges, seed=seed)
     if suite is not None:
         write_json(output / "metrics.json", results)
     out.print(_metrics_table(results, f"{model} ({mode})"))
@@ -150,9 +159,11 @@ def study_cmd(
     """Run the paper's study at any size from a YAML config: base x reasoning modes, trained arms, report."""
     from cada.config import load_study
     from cada.pipeline.study import run_study
+    from cada.records import check_writable
 
     cfg = load_study(config)
     output = output or Path("runs") / cfg.name
+    check_writable(output, folder=True)
     _print_summary(run_study(cfg, output), output)
 
 
@@ -165,7 +176,9 @@ def demo_cmd(
     """The whole study at CPU size on the embedded model (about 15 minutes on two cores), with a report."""
     from cada.config import demo_config
     from cada.pipeline.study import run_study
+    from cada.records import check_writable
 
+    check_writable(output, folder=True)
     _print_summary(run_study(demo_config(model), output), output)
 
 

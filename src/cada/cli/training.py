@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cada.cli.app import (ApiKeyOpt, BackendOpt, BaseUrlOpt, ConcurrencyOpt, ModelOpt, SpecOpt, TPOpt, app, err,
-                          option, out)
+from cada.cli.app import (ApiKeyOpt, BackendOpt, BaseUrlOpt, ConcurrencyOpt, ModelOpt, RetriesOpt, SpecOpt,
+                          TimeoutOpt, TPOpt, app, err, http_settings, option, out)
 from cada.config import (DEFAULT_MODEL, AlignConfig, GenConfig, PoolConfig, Recipe, SelfGenConfig, TrainConfig,
                          describe)
 from cada.errors import CadaError
@@ -36,23 +36,30 @@ def generate_cmd(
     backend: BackendOpt = "auto",
     tensor_parallel_size: TPOpt = 1,
     concurrency: ConcurrencyOpt = 8,
+    timeout: TimeoutOpt = None,
+    max_retries: RetriesOpt = None,
 ) -> None:
     """Self-generate N judged safety-reasoning chains per prompt (resumable JSONL records)."""
     from cada.models.generate import make_generator
     from cada.pipeline.pools import generation_prompts
+    from cada.records import check_input, check_writable
     from cada.selfgen import self_generate, summarize
     from cada.spec.schema import load_spec
 
     values = {"mode": mode, "n": n, "k": k, "temperature": temperature, "max_new_tokens": max_new_tokens,
               "seed": seed}
     cfg = SelfGenConfig().with_values(values, flags={k: "--" + k.replace("_", "-") for k in values})
+    http = http_settings(timeout, max_retries)
+    if pool is not None:
+        check_input(pool, "--pool", "pool file")
+    check_writable(output, folder=False)
     s = load_spec(spec)
     prompts, removed = generation_prompts(pool, limit, cfg.seed)
     if removed:
         err.print(f"{pool}: {removed} prompts overlap an evaluation prompt (exactly, nearly or reworded) and were "
                   "left out", markup=False, highlight=False)
     gen = make_generator(model, base_url=base_url, api_key=api_key, backend=backend,
-                         tensor_parallel_size=tensor_parallel_size, concurrency=concurrency)
+                         tensor_parallel_size=tensor_parallel_size, concurrency=concurrency, **http)
     records = self_generate(prompts, gen, s, output, cfg)
     out.print_json(data={"records": len(records), "output": str(output), **summarize(records)})
 
@@ -70,15 +77,17 @@ def pairs_cmd(
 ) -> None:
     """Build context-distilled DPO pairs or an SFT set from self-generated records."""
     from cada.datasets import dpo_pairs, sft_set
-    from cada.records import read_records, require, write_records
+    from cada.records import check_input, check_writable, read_records, require, write_records
     from cada.spec.schema import load_spec
 
-    if not records.is_file():
-        raise CadaError(f"{records}: records file not found")
+    check_input(records, "--records", "records file")
     if kind not in ("dpo", "sft-dr", "sft-sc", "sft-cr"):
         raise CadaError(f"--kind {kind!r}: use dpo, sft-dr, sft-sc or sft-cr")
+    check_writable(output, folder=False)
     s = load_spec(spec)
     recs = read_records(records)
+    if not recs:
+        raise CadaError(f"{records}: no records to build {kind} rows from: give the records `cada generate` wrote")
     require(recs, "chain", records)
     if kind == "dpo":
         rows, stats = dpo_pairs(recs, s, precedent_fallback=not no_fallback, consistency=consistency)
@@ -112,8 +121,13 @@ def train_cmd(
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
 ) -> None:
     """Train with TRL (DPO, SFT or GRPO; LoRA by default). Works under `accelerate launch`."""
+    from cada.records import check_input, check_writable
     from cada.train import load_train_config, train
 
+    check_input(data, "--data", "training data")
+    if config is not None and config.is_dir():
+        check_input(config, "--config")
+    check_writable(output, folder=True)
     fields = load_train_config(config) if config else {}
     flags = {"method": method, "learning_rate": lr, "epochs": epochs, "batch_size": batch_size,
              "grad_accum": grad_accum, "beta": beta, "sft_weight": sft_weight, "lora_r": lora_r,
@@ -149,7 +163,13 @@ def align_cmd(
 ) -> None:
     """Run one arm end to end: pools, self-generation, judged pairs/SFT set, training."""
     from cada.pipeline.align import align
+    from cada.records import check_input, check_writable
 
+    if pool is not None:
+        check_input(pool, "--pool", "pool file")
+    if config is not None and config.is_dir():
+        check_input(config, "--config")
+    check_writable(output, folder=True)
     cfg = AlignConfig.from_yaml(config) if config else AlignConfig()
     cfg = cfg.with_values({"arm": arm, "model": model, "spec": str(spec) if spec else None, "rounds": rounds,
                            "warmup": warmup, "base_url": base_url, "warmup_per_label": warmup_per_label,

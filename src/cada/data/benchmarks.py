@@ -67,13 +67,23 @@ def load_file(path: str | Path, prompt_column: str, kind: str, *, category_colum
     for i, r in enumerate(rows):
         if prompt_column not in r:
             raise CadaError(f"{path}: row {i + 1} has no column {prompt_column!r} (columns: {', '.join(r)})")
-        prompt = str(r[prompt_column] or "").strip()
-        if not prompt:
+        value = r[prompt_column]
+        if value is not None and not isinstance(value, str):  # a number, list or object is no request
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise CadaError(f"{path}: row {i + 1}: column {prompt_column!r} is a {_json_type(value)} ({shown}); a "
+                            "prompt must be a string")
+        prompt = (value or "").strip()
+        if not prompt:  # an empty or blank prompt asks nothing: refused, as a missing one
             raise CadaError(f"{path}: row {i + 1}: column {prompt_column!r} is empty")
         items.append(EvalItem(id=f"{stem}-{i}", prompt=prompt, kind=kind,
                               category=str(r.get(category_column)) if category_column else None,
                               reference=str(r[reference_column]) if reference_column else None))
     return items
+
+
+def _json_type(value) -> str:
+    return {bool: "boolean", int: "number", float: "number", list: "list", dict: "object"}.get(type(value),
+                                                                                            type(value).__name__)
 
 
 # --- jailbreak attacks ----------------------------------------------------------------------------

@@ -16,28 +16,41 @@ from cada.errors import CadaError
 from cada.evaluate.metrics import breakdown, metrics
 from cada.models.generate import Generator, SamplingParams
 from cada.reasoning import Mode, SafetyReasoner
-from cada.records import EvalItem, append_in_chunks, read_records, write_json
+from cada.records import EvalItem, append_in_chunks, checkpoint_size, read_json, read_records, write_json
 from cada.spec.schema import Spec
 
 
 def evaluate(items: Sequence[EvalItem], generator: Generator, spec: Spec, output: str | Path, *,
              mode: str = "none", k: int = 6, max_new_tokens: int = EvalConfig().max_new_tokens, judge=None,
-             rubric=None, seed: int = 0, chunk_size: int = 64, show_progress: bool = True) -> dict:
-    """Evaluate ``items`` into ``output/records.jsonl`` + ``output/metrics.json``; returns the metrics."""
+             rubric=None, seed: int = 0, chunk_size: int | None = None, show_progress: bool = True,
+             eval_set: EvalSet | None = None) -> dict:
+    """Evaluate ``items`` into ``output/records.jsonl`` + ``output/metrics.json``; returns the metrics.
+
+    Records are appended every ``chunk_size`` prompts (default: one batch of the generator, so a kill loses at most
+    the batch in flight). The folder is pinned to what made it (``eval.json``, :func:`eval_pin`): a rerun with the
+    same settings resumes, one with other settings is refused before anything is generated.
+    """
     from cada.judges.refusal import RefusalJudge
 
     judge = judge or RefusalJudge.load()
     out = Path(output)
     rec_path = out / "records.jsonl"
     done = read_records(rec_path, repair=True)
+    pin = eval_pin(items, model=getattr(generator, "name", None), mode=mode, k=k, max_new_tokens=max_new_tokens,
+                   seed=seed, judge=judge, rubric=rubric, eval_set=eval_set)
+    pinned = check_folder(out, pin, items, mode, records=done)
     seen = {r["id"] for r in done}
     todo = [it for it in items if it.id not in seen]
     reasoner = SafetyReasoner(spec, Mode(mode), k=k)
     params = SamplingParams(max_new_tokens=max_new_tokens, seed=seed)
     if hasattr(generator, "show_progress"):
         generator.show_progress = show_progress
+    if done and not pinned:  # a folder written before eval.json existed, and it agrees: adopted
+        write_json(out / PIN_FILE, pin)
+        pinned = True
 
     def answer(chunk: list[EvalItem]) -> list[dict]:
+        nonlocal pinned
         results = [r[0] for r in reasoner.run(generator, [it.prompt for it in chunk], params)]
         verdicts = judge.classify([r.response for r in results], [it.prompt for it in chunk])
         rows = []
@@ -56,9 +69,12 @@ def evaluate(items: Sequence[EvalItem], generator: Generator, spec: Spec, output
             for row, s in zip(rows, scored):
                 row["rubric_score"] = s.score
                 row["rubric"] = {k: v for k, v in s.to_dict().items() if k != "raw"}
+        if not pinned:  # pinned with its first answers: a run that failed before any (a bad model name) pins nothing
+            write_json(out / PIN_FILE, pin)
+            pinned = True
         return rows
 
-    done += append_in_chunks(rec_path, todo, chunk_size, answer)
+    done += append_in_chunks(rec_path, todo, chunk_size or checkpoint_size(generator), answer)
     order = {it.id: i for i, it in enumerate(items)}
     records = sorted((r for r in done if r["id"] in order), key=lambda r: order[r["id"]])
     m = metrics(records)
@@ -69,6 +85,95 @@ def evaluate(items: Sequence[EvalItem], generator: Generator, spec: Spec, output
     m.update(mode=mode, judge=type(judge).__name__)
     write_json(out / "metrics.json", m)
     return m
+
+
+# --- the folder's pin ---------------------------------------------------------------------------------
+
+PIN_FILE = "eval.json"
+
+
+def eval_pin(items: Sequence[EvalItem], *, model: str | None, mode: str, k: int, max_new_tokens: int, seed: int,
+             judge=None, rubric=None, eval_set: EvalSet | None = None) -> dict:
+    """What an evaluation folder's records depend on: the model, the mode (and k for the cases mode), the answer
+    length, the seed, the judges, the set (name, source, kind, limit, attacks) and a fingerprint of its prompts.
+    A file set is named by its file name: the fingerprint tells two files apart, so a moved folder still resumes."""
+    import hashlib
+    import json
+
+    def judge_name(j) -> str | None:
+        if j is None:
+            return None
+        name = type(j).__name__.removesuffix("Judge").lower()
+        inner = getattr(getattr(j, "generator", None), "name", None)
+        return f"{name} ({inner})" if inner else name
+
+    prompts = json.dumps([[it.id, it.prompt, it.kind, it.attack, it.reference] for it in items], ensure_ascii=False)
+    pin = {"model": model, "mode": mode, "k": k if mode == "cases" else None, "max_new_tokens": max_new_tokens,
+           "seed": seed, "judge": judge_name(judge) or "refusal", "rubric": judge_name(rubric)}
+    if eval_set is not None:
+        pin["set"] = {"name": eval_set.name,
+                      "source": Path(eval_set.file).name if eval_set.file else (eval_set.benchmark or eval_set.name),
+                      "kind": eval_set.kind, "limit": eval_set.limit, "attacks": list(eval_set.attacks),
+                      "templates": eval_set.templates if "inthewild" in eval_set.attacks else None,
+                      "attack_file": Path(eval_set.attack_file).name if eval_set.attack_file else None}
+    pin["prompts"] = f"{len(items)} prompts, sha256 {hashlib.sha256(prompts.encode()).hexdigest()[:12]}"
+    return pin
+
+
+def _flat(d: dict, prefix: str = ""):
+    for key, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", v
+
+
+def _same(key: str, old, new) -> bool:
+    if old == new:
+        return True
+    if key == "model" and isinstance(old, str) and isinstance(new, str):  # one folder, named two ways
+        return Path(old).expanduser().exists() and Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+    return False
+
+
+def check_folder(out: str | Path, pin: dict, items: Sequence[EvalItem], mode: str, *,
+                 records: list[dict] | None = None) -> bool:
+    """Refuse an evaluation folder made with other settings than ``pin`` (one line naming the differences);
+    returns whether it is pinned already. A folder with records but no ``eval.json`` (written before pins
+    existed) is accepted when its records agree (same mode, prompts of this set); nothing is written here."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CadaError(f"--output {out}: is a file, give a folder")
+    if records is None:
+        records = read_records(out / "records.jsonl")
+    if not records:
+        return False  # nothing to mix with: a pin left without records is rewritten
+    pin_path = out / PIN_FILE
+    if pin_path.is_file():
+        before = read_json(pin_path)
+        if not isinstance(before, dict):
+            raise CadaError(f"{pin_path}: not an evaluation pin (a JSON object); delete it to adopt the folder")
+        old, new = dict(_flat(before)), dict(_flat(pin))
+        diff = [f"{key}: {_short(old.get(key))} -> {_short(new.get(key))}" for key in {**old, **new}
+                if not _same(key, old.get(key), new.get(key))]
+        if diff:
+            shown = "; ".join(diff[:4]) + (f" (+{len(diff) - 4} more)" if len(diff) > 4 else "")
+            raise CadaError(f"{pin_path}: this folder holds an evaluation with other settings ({shown}); use a new "
+                            "--output, or the same settings to resume")
+        return True
+    modes = sorted({str(r.get("mode")) for r in records} - {mode})
+    ids = {it.id for it in items}
+    strangers = [r.get("id") for r in records if r.get("id") not in ids]
+    if modes or strangers:
+        why = (f"its records are mode {', '.join(modes)}, not {mode}" if modes else
+               f"{len(strangers)} of its records answer prompts not in this set (e.g. {strangers[0]!r})")
+        raise CadaError(f"{out / 'records.jsonl'}: this folder holds another evaluation ({why}); use a new --output")
+    return False
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def make_judges(cfg: EvalConfig, api_key: str | None = None):
@@ -85,7 +190,8 @@ def make_judges(cfg: EvalConfig, api_key: str | None = None):
             raise CadaError("eval.judge_base_url: the rubric judge needs an OpenAI-compatible server (`cada eval "
                             "--judge rubric` needs --judge-base-url or $CADA_JUDGE_BASE_URL)")
         rubric = RubricJudge(make_generator(cfg.judge_model, base_url=cfg.judge_base_url, backend="http",
-                                            api_key=api_key or os.environ.get("CADA_JUDGE_API_KEY")))
+                                            api_key=api_key or os.environ.get("CADA_JUDGE_API_KEY"),
+                                            timeout=cfg.timeout, max_retries=cfg.max_retries))
     return RefusalJudge.load(), rubric
 
 
@@ -100,13 +206,30 @@ def load_sets(sets: Sequence[EvalSet]) -> list[tuple[EvalSet, list[EvalItem]]]:
     return loaded
 
 
+def rubric_for(items: Sequence[EvalItem], rubric):
+    """The rubric judge scores harmful sets only."""
+    return rubric if all(it.kind == "harmful" for it in items) else None
+
+
 def evaluate_model(generator: Generator, loaded: Sequence[tuple[EvalSet, list[EvalItem]]], spec: Spec,
                    folder_of, cfg: EvalConfig, *, mode: str = "none", judges=None, seed: int = 0,
                    show_progress: bool = True) -> dict[str, dict]:
-    """Every set against one model, each into ``folder_of(set)``; the rubric judge scores harmful sets only."""
+    """Every set against one model, each into ``folder_of(set)``; the rubric judge scores harmful sets only.
+    Every folder is checked against its pin before the first set is answered."""
     judge, rubric = judges or make_judges(cfg)
+    model = getattr(generator, "name", None)
+    check_folders(loaded, folder_of, cfg, model=model, mode=mode, judges=(judge, rubric), seed=seed)
     return {s.name: evaluate(items, generator, spec, folder_of(s), mode=mode, k=cfg.k,
-                             max_new_tokens=cfg.max_new_tokens, judge=judge,
-                             rubric=rubric if all(it.kind == "harmful" for it in items) else None, seed=seed,
-                             show_progress=show_progress)
+                             max_new_tokens=cfg.max_new_tokens, judge=judge, rubric=rubric_for(items, rubric),
+                             seed=seed, show_progress=show_progress, eval_set=s)
             for s, items in loaded}
+
+
+def check_folders(loaded: Sequence[tuple[EvalSet, list[EvalItem]]], folder_of, cfg: EvalConfig, *,
+                  model: str | None, mode: str, judges, seed: int = 0) -> None:
+    """:func:`check_folder` for every set of an evaluation, before any model is loaded (``cada eval``)."""
+    judge, rubric = judges
+    for s, items in loaded:
+        pin = eval_pin(items, model=model, mode=mode, k=cfg.k, max_new_tokens=cfg.max_new_tokens, seed=seed,
+                       judge=judge, rubric=rubric_for(items, rubric), eval_set=s)
+        check_folder(folder_of(s), pin, items, mode)

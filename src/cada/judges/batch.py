@@ -48,7 +48,8 @@ def judge_file(input: str | Path, output: str | Path, *, judge: str = "refusal",
     ``refusal`` (offline) adds ``label``, ``probs`` and ``rule``. ``rubric`` needs ``prompt_column`` (the forbidden
     prompt) and a ``generator`` (e.g. :class:`~cada.models.http.OpenAIGenerator`); it adds ``label``
     (refuse/comply, None on failure), ``refused``, ``convincing``, ``specific``, ``score``, ``error`` and
-    ``judge_output``. Summary: ``{"n", "output", "labels": {label: count}, "errors", "renamed", "mean_score"}``.
+    ``judge_output``. Summary: ``{"n", "output", "labels": {label: count}, "errors", "failed" (rows without a
+    label), "renamed", "mean_score"}``, and ``first_error`` when a row failed.
     """
     if judge not in JUDGES:
         raise CadaError(f"--judge {judge!r}: use {' or '.join(JUDGES)}")
@@ -71,9 +72,13 @@ def judge_file(input: str | Path, output: str | Path, *, judge: str = "refusal",
     renamed: set[str] = set()
     write_records(output, (_merge(row, j, renamed) for row, j in zip(rows, judged)))
     scores = [j["score"] for j in judged if j.get("score") is not None]
-    return {"n": len(rows), "output": str(output), "labels": dict(Counter(str(j["label"]) for j in judged)),
-            "errors": sum(1 for j in judged if j.get("error")), "renamed": sorted(renamed),
-            "mean_score": sum(scores) / len(scores) if scores else None}
+    failed = [j for j in judged if j.get("label") is None or j.get("error")]
+    summary = {"n": len(rows), "output": str(output), "labels": dict(Counter(str(j["label"]) for j in judged)),
+               "errors": sum(1 for j in judged if j.get("error")), "failed": len(failed), "renamed": sorted(renamed),
+               "mean_score": sum(scores) / len(scores) if scores else None}
+    if failed:
+        summary["first_error"] = failed[0].get("error") or "no label"
+    return summary
 
 
 def calibrate(input: str | Path, label_column: str, *, response_column: str = "response",
