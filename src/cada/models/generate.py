@@ -114,7 +114,7 @@ def end_of_turn_ids(tokenizer, model=None) -> list[int]:
 # --- picking a backend ---------------------------------------------------------------------------
 
 BACKENDS = ("auto", "local", "http", "vllm")
-_HTTP_KEYS = {"timeout", "max_retries", "concurrency", "show_progress"}
+_HTTP_KEYS = {"timeout", "max_retries", "backoff", "concurrency", "show_progress"}
 _LOCAL_KEYS = {"device", "dtype", "trust_remote_code", "batch_size", "show_progress", "prefix_cache",
                "min_prefix_tokens", "adaptive_batch", "max_batch_size"}
 _VLLM_KEYS = {"tensor_parallel_size", "dtype", "seed", "gpu_memory_utilization", "max_model_len",
@@ -129,7 +129,10 @@ def make_generator(model: str | None = None, *, base_url: str | None = None, api
     ``local``, ``http`` (any OpenAI-compatible server, e.g. ``vllm serve``), or ``vllm`` (vLLM's offline engine in
     this process; ``pip install -e '.[vllm]'`` in the cada checkout, Linux + CUDA; ``tensor_parallel_size=N``
     spreads it over N GPUs).
-    Keyword arguments a backend does not take are ignored, so callers can pass one set of options.
+    Keyword arguments a backend does not take are ignored, so callers can pass one set of options. The HTTP
+    backend takes ``timeout`` (seconds per request, default 120), ``max_retries`` (default 3), ``backoff`` (the
+    first wait between attempts, default 0.5 s, doubling), ``concurrency`` and ``show_progress``; ``None`` for any
+    of the first three means its default (see :mod:`cada.models.http`).
     """
     if backend not in BACKENDS:
         raise CadaError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")

@@ -126,8 +126,15 @@ def tiny_dir(seed: int = 0) -> Path:
     return target
 
 
-def resolve_model(name: str | os.PathLike[str] | None) -> str:
-    """Return a local folder or hub id for ``name`` without loading weights."""
+def resolve_model(name: str | os.PathLike[str] | None, *, check_hub: bool = False) -> str:
+    """Return a local folder or hub id for ``name`` without loading weights.
+
+    A hub id is passed through as it is, unless ``check_hub`` (what :func:`load_model` and
+    :func:`resolve_trainable` ask for): then :func:`hub_source` checks it with one short request to the hub, so a
+    typo, a missing model or an unreachable hub fails within seconds with one line instead of in the downloader's
+    retries, and with ``HF_HUB_OFFLINE=1`` only the local cache is looked at. Nothing is downloaded here, and
+    nothing is ever downloaded unless ``name`` is a hub id.
+    """
     name = str(name or DEFAULT_MODEL)
     if name in EMBEDDED_GGUF:
         return str(embedded_dir(name))
@@ -141,14 +148,82 @@ def resolve_model(name: str | os.PathLike[str] | None) -> str:
     if path.exists():
         raise CadaError(f"{path}: a model must be a folder, an alias ({', '.join(ALIASES)}) or a hub id")
     if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
-        return name
+        return hub_source(name) if check_hub else name
     raise CadaError(f"unknown model {name!r}: not an alias ({', '.join(ALIASES)}), "
                     "an existing local folder, or a hub id like org/name")
 
 
+HUB_TIMEOUT = 5.0  # seconds the hub gets to answer the one check before a download
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    on = {"1", "true", "yes", "on"}
+    return bool(constants.HF_HUB_OFFLINE) or any(os.environ.get(v, "").strip().lower() in on
+                                                 for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _cached_snapshot(name: str) -> Path | None:
+    """The local cache's folder of hub model ``name`` (None when it has no config of it)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "adapter_config.json"):
+        try:
+            found = try_to_load_from_cache(name, filename)
+        except Exception:  # noqa: BLE001 - a malformed id or cache: treat as not cached
+            found = None
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found).parent
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def hub_source(name: str) -> str:
+    """``name`` when the hub has it (transformers then downloads or updates it), its cached folder when the hub
+    cannot be reached (or offline mode is on) but the cache has it, else a one-line :class:`CadaError`: offline
+    and not cached, the hub unreachable (one request of at most :data:`HUB_TIMEOUT` s, not retried), or no such
+    model (or a private or gated one). Checked once per process and name."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    cached = _cached_snapshot(name)
+    if _offline():
+        if cached is not None:
+            return str(cached)
+        raise CadaError(f"model {name!r} is not in the local Hugging Face cache and offline mode is on "
+                        "(HF_HUB_OFFLINE=1): download it once with the network on, unset HF_HUB_OFFLINE, or give "
+                        "a local model folder")
+    endpoint = str(constants.ENDPOINT).rstrip("/")
+    try:
+        HfApi(endpoint=endpoint).model_info(name, timeout=HUB_TIMEOUT)
+        return name
+    except GatedRepoError:
+        raise CadaError(f"model {name!r} on {endpoint} is gated: accept its terms on its page, then log in "
+                        "(hf auth login) or set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise CadaError(f"no model {name!r} on {endpoint} (or it is private: log in with hf auth login or set "
+                        "HF_TOKEN); check the spelling, or give a local folder or an alias "
+                        f"({', '.join(ALIASES)})") from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status == 404:
+            raise CadaError(f"no model {name!r} on {endpoint} (HTTP 404); check the spelling, or give a local "
+                            f"folder or an alias ({', '.join(ALIASES)})") from None
+        problem = f"answered HTTP {status}" if status else f"failed ({type(e).__name__})"
+    except Exception as e:  # noqa: BLE001 - connection refused, DNS, timeout: the hub is unreachable
+        text = " ".join(str(e).split())[:160] or "no message"
+        problem = f"cannot be reached within {HUB_TIMEOUT:g} s ({type(e).__name__}: {text})"
+    if cached is not None:
+        log.warning("the Hugging Face hub at %s %s; using the cached copy of %s", endpoint, problem, name)
+        return str(cached)
+    raise CadaError(f"cannot download model {name!r}: the Hugging Face hub at {endpoint} {problem}; check the "
+                    "network (or HF_ENDPOINT), or give a local model folder")
+
+
 def resolve_trainable(name: str | os.PathLike[str] | None) -> str:
     """:func:`resolve_model` for a model to train: a LoRA adapter folder (which generation takes) is refused."""
-    source = resolve_model(name)
+    source = resolve_model(name, check_hub=True)
     if (Path(source) / "adapter_config.json").is_file() and not (Path(source) / "config.json").is_file():
         raise CadaError(f"{source}: a LoRA adapter folder; train from a merged model (train it without --no-merge, "
                         "or merge the adapter with peft's merge_and_unload)")
@@ -233,6 +308,7 @@ def release_models() -> None:
 
 def load_model(name: str | os.PathLike[str] | None = None, *, device: str | None = None,
                dtype: str | None = None, trust_remote_code: bool = False):
-    """Load ``(model, tokenizer)``; repeated calls in one process return the same objects."""
-    source = resolve_model(name)
+    """Load ``(model, tokenizer)``; repeated calls in one process return the same objects. A hub id is checked
+    first (:func:`hub_source`)."""
+    source = resolve_model(name, check_hub=True)
     return _load_cached(source, pick_device(device), dtype, trust_remote_code)

@@ -125,6 +125,7 @@ class LocalGenerator:
         self.encode_once = True  # n samples: encode each prompt once (False: generate's n copies; for benchmarks)
         self.ragged = True  # encode prompts of very different lengths in groups (False: one pass; for benchmarks)
         self._prompt_passes = 0  # forward passes that encoded prompts in the latest call (0: generate did)
+        self._context_length: int | None = None  # set to override what the model and tokenizer say
         self.last_stats: dict = {}
 
     @classmethod
@@ -137,6 +138,70 @@ class LocalGenerator:
 
     def render(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    # -- the model's context ---------------------------------------------------------------------
+
+    @property
+    def context_length(self) -> int | None:
+        """Tokens the model takes (prompt plus new): the smaller of the config's ``max_position_embeddings`` and
+        the tokenizer's ``model_max_length``, each only when sane (transformers sets ~1e30 when it is unknown);
+        None when neither is known. Settable (``gen.context_length = 4096``)."""
+        if self._context_length is not None:
+            return self._context_length
+        config = self.model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        found = [getattr(text, "max_position_embeddings", None), getattr(self.tokenizer, "model_max_length", None)]
+        sane = [int(v) for v in found if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 10**7]
+        return min(sane) if sane else None
+
+    @context_length.setter
+    def context_length(self, value: int | None) -> None:
+        self._context_length = None if value is None else int(value)
+
+    def _token_ids(self, prompts: Sequence[Messages]) -> list[list[int]]:
+        texts = [self.render(m) for m in prompts]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    def _over(self, ids: list[list[int]], max_new_tokens: int) -> list[int]:
+        limit = self.context_length
+        if limit is None:
+            return []
+        return [i for i, row in enumerate(ids) if len(row) + max_new_tokens > limit]
+
+    def too_long(self, prompts: Sequence[Messages], max_new_tokens: int = SamplingParams.max_new_tokens) -> list[int]:
+        """Indices of the ``prompts`` whose tokens plus ``max_new_tokens`` exceed the model's context
+        (:attr:`context_length`): the ones :meth:`generate` would cut, for callers that name their rows first."""
+        return self._over(self._token_ids(prompts), max_new_tokens)
+
+    def _fit_context(self, ids: list[list[int]], max_new_tokens: int) -> list[int]:
+        """Cut, in place, the prompts that do not fit the context with ``max_new_tokens`` new tokens; one warning
+        for the call names them. Returns their indices.
+
+        The middle is dropped, keeping the first and the last half of what fits: the start holds the system
+        prompt (the spec cada's modes reason over, and the prefix the prompts share), the end holds the request's
+        last words and the assistant header the model answers after. Cutting either end would lose one of them.
+        """
+        over = self._over(ids, max_new_tokens)
+        if not over:
+            return over
+        limit = self.context_length
+        budget = limit - max_new_tokens
+        if budget < 16:
+            raise CadaError(f"max_new_tokens={max_new_tokens} leaves {max(budget, 0)} of the model's {limit} "
+                            "context tokens for the prompt: lower --max-new-tokens")
+        head = budget // 2
+        lengths = {i: len(ids[i]) for i in over}
+        for i in over:
+            ids[i] = ids[i][:head] + ids[i][len(ids[i]) - (budget - head):]
+        named = ", ".join(f"{i} ({lengths[i]} tokens)" for i in over[:10])
+        more = f" and {len(over) - 10} more" if len(over) > 10 else ""
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%d prompt%s too long for the model's context of %d tokens with max_new_tokens=%d: %s%s; each cut to "
+            "%d tokens (the middle dropped, the start and the end kept)", len(over), "s" if len(over) > 1 else "",
+            limit, max_new_tokens, named, more, budget)
+        return over
 
     # -- pieces ----------------------------------------------------------------------------------
 
@@ -370,25 +435,26 @@ class LocalGenerator:
         import time
 
         t0 = time.perf_counter()
-        texts = [self.render(m) for m in prompts]
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # longest first: OOM shows up early
-        out: list[list[str]] = [[] for _ in texts]
+        ids = self._token_ids(prompts)
+        truncated = self._fit_context(ids, params.max_new_tokens)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: OOM shows up early
+        out: list[list[str]] = [[] for _ in ids]
         sample = params.temperature > 0
         n_seq = params.n if sample else 1
         gen_kwargs = self._generate_kwargs(params, n_seq)
 
         memo = self._prefix_memo
         prefix, prefix_kv = self._shared_prefix(ids)
-        stats = dict(prompts=len(texts), sequences=len(texts) * n_seq, new_tokens=0, batches=0, oom_retries=0,
+        stats = dict(prompts=len(ids), sequences=len(ids) * n_seq, new_tokens=0, batches=0, oom_retries=0,
                      prefix_tokens=len(prefix) if prefix_kv is not None else 0,
-                     prefix_reused=prefix_kv is not None and memo is not None and prefix_kv is memo[1])
+                     prefix_reused=prefix_kv is not None and memo is not None and prefix_kv is memo[1],
+                     truncated=truncated)
         longest = len(ids[order[0]]) if order else 0
         self._prompt_passes = 0
         rows = self._rows_per_batch(longest + params.max_new_tokens, n_seq)
         stats["batch_rows"] = rows
         with progress_bar(disable=not self.show_progress) as bar:
-            task = bar.add_task("generating", total=len(texts))
+            task = bar.add_task("generating", total=len(ids))
             pos = b = 0
             while pos < len(order):
                 idx = order[pos:pos + rows]
