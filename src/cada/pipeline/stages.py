@@ -105,12 +105,12 @@ def run_stage(stage: Stage, ledger: Ledger, log: StageLog) -> bool:
 def check_server(base_url: str | None, timeout: float = 5.0) -> None:
     """Before the first stage: a server that generation will go to must answer (any HTTP status counts: a 401
     or 404 is still a server), so an unreachable ``--base-url`` fails in seconds, not after the pools are built.
-    ``None`` checks ``$CADA_BASE_URL``, where generation would go without a ``--base-url``."""
-    import os
+    Only a URL the config names is probed: ``$CADA_BASE_URL`` is met by the first generator that uses it, and a
+    resumed run whose generating stages are done never does."""
     import urllib.error
     import urllib.request
 
-    url = base_url or os.environ.get("CADA_BASE_URL")
+    url = base_url
     if not url:
         return
     try:

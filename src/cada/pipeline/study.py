@@ -163,6 +163,7 @@ def eval_stage(s: StudyRun, name: str, model: str, mode: str, base_url: str | No
 
     def work() -> dict:
         gen = make_generator(model, base_url=base_url, backend=backend, batch_size=s.cfg.eval.batch_size,
+                             timeout=s.cfg.eval.timeout, max_retries=s.cfg.eval.max_retries,
                              show_progress=s.show_progress)
         return evaluate_model(gen, s.sets, s.spec, lambda es: sdir / es.name, s.cfg.eval, mode=mode,
                               judges=s.judges, seed=s.cfg.seed, show_progress=s.show_progress)
