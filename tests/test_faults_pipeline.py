@@ -39,3 +39,22 @@ def test_a_very_long_case_is_warned_about(tmp_path):
     warnings = long.long_texts()
     assert len(warnings) == 1 and warnings[0].startswith(f"case {spec.cases[0].id} (request) is 100,000 characters")
     assert spec.long_texts() == []  # the shipped spec has none
+
+
+def test_spec_validate_prints_the_long_case_warning(tmp_path):
+    import shutil
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from cada.cli import app
+    from cada.spec import DEFAULT_SPEC_DIR
+
+    folder = tmp_path / "spec"
+    shutil.copytree(DEFAULT_SPEC_DIR, folder)
+    cases = yaml.safe_load((folder / "cases.yaml").read_text())
+    items = cases["cases"] if isinstance(cases, dict) else cases
+    items[0]["request"] = "word " * 20_000
+    (folder / "cases.yaml").write_text(yaml.safe_dump(cases))
+    res = CliRunner().invoke(app, ["spec", "validate", str(folder), "--no-overlap"])
+    assert res.exit_code == 0 and "warning: case C01 (request) is 99,999 characters" in res.output, res.output

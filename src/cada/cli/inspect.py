@@ -35,6 +35,8 @@ def spec_validate(path: Annotated[Path, typer.Argument(help="Spec folder or YAML
     out.print(f"{path}: valid spec {spec.name!r}: {len(spec.statutes)} statutes, {len(spec.categories)} "
               f"categories, {len(spec.codes.rules)} rules, {len(spec.cases)} cases "
               f"({', '.join(f'{v} {k}' for k, v in counts.items())})", markup=False, highlight=False)
+    for warning in spec.long_texts():
+        err.print(f"{path}: warning: {warning}", markup=False, highlight=False)
     if not no_overlap:
         from cada.data.decontam import spec_eval_overlap
 
