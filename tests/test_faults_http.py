@@ -18,17 +18,7 @@ from cada.errors import CadaError
 from cada.models import OpenAIGenerator, SamplingParams, make_generator
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_openai import FakeOpenAI
-
-
-@pytest.fixture
-def fake_server():
-    """A fresh loopback fake OpenAI-compatible server per test (``fake_openai.fake_server`` for other files)."""
-    server = FakeOpenAI()
-    try:
-        yield server
-    finally:
-        server.close()
+from fake_openai import FakeOpenAI, fake_server  # noqa: E402, F401  (the fixture, one definition)
 
 
 CHAT = [{"role": "user", "content": "Say hi."}]
