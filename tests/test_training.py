@@ -315,6 +315,30 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(tmp_path, tiny_m
     assert sorted(int(p.name.split("-")[1]) for p in (run / "trainer").glob("checkpoint-*")) == [1, 2, 3, 4]
 
 
+def test_a_checkpoint_cut_off_mid_write_is_dropped_and_the_last_whole_one_resumed(tmp_path):
+    from cada.train import _checkpoint_to_resume
+
+    trainer = tmp_path / "trainer"
+    (trainer / "checkpoint-2").mkdir(parents=True)
+    (trainer / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (trainer / "checkpoint-4").mkdir()  # weights written, trainer_state.json not yet: killed mid-save
+    (trainer / "checkpoint-4" / "model.safetensors").write_bytes(b"x")
+    (trainer / "checkpoint-10").mkdir()  # torn trainer_state.json; sorted by step number, not by name
+    (trainer / "checkpoint-10" / "trainer_state.json").write_text('{"global_st')
+    (trainer / "cada_fingerprint.txt").write_text("same")
+    assert _checkpoint_to_resume(trainer, "same") == str(trainer / "checkpoint-2")
+    assert sorted(p.name for p in trainer.glob("checkpoint-*")) == ["checkpoint-2"]
+    # nothing whole left: start afresh rather than fail
+    (trainer / "checkpoint-2" / "trainer_state.json").unlink()
+    assert _checkpoint_to_resume(trainer, "same") is None
+    # another run's checkpoints are removed, whole or not
+    (trainer / "checkpoint-3").mkdir()
+    (trainer / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    assert _checkpoint_to_resume(trainer, "other") is None
+    assert not list(trainer.glob("checkpoint-*"))
+    assert (trainer / "cada_fingerprint.txt").read_text() == "other"
+
+
 def test_dpo_sft_weight_adds_the_chosen_nll_to_the_loss(tmp_path, tiny_model, spec):
     from cada.config import TrainConfig
     from cada.train import train

@@ -3,7 +3,7 @@ a judge labels each final response, and every chain becomes one JSONL record wit
 direct answers to bare requests (the benign side of the warm-up and the calibration pass).
 
 Resumable: records are appended a chunk of prompts at a time (all N samples of a prompt together); a restarted
-run skips the prompts already complete and never duplicates a record.
+run skips the chunks already complete, never duplicates a record, and samples what an unbroken run would.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cada.config import SelfGenConfig
 from cada.errors import CadaError
 from cada.models.generate import Generator, SamplingParams, progress_bar
 from cada.reasoning import Mode, SafetyReasoner
-from cada.records import append_in_chunks, checkpoint_size, read_records
+from cada.records import append_in_chunks, append_records, checkpoint_size, read_records
 from cada.spec.schema import Spec
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def self_generate(prompts: Sequence, generator: Generator, spec: Spec, output: s
         judge = RefusalJudge.load()
     output = Path(output)
     done = read_records(output, repair=True)
+    have = {(r["id"], r.get("sample")) for r in done}
     per_prompt: dict[str, int] = {}
     for r in done:
         per_prompt[r["id"]] = per_prompt.get(r["id"], 0) + 1
@@ -52,10 +53,15 @@ def self_generate(prompts: Sequence, generator: Generator, spec: Spec, output: s
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise CadaError(f"prompt id {dup!r} appears more than once in the pool: ids must be unique")
-    todo = [it for it in items if per_prompt.get(it["id"], 0) < config.n]
-    partial = [it["id"] for it in todo if per_prompt.get(it["id"], 0)]
-    if partial:  # only possible if an earlier run used a smaller n; keep records unique by (id, sample)
-        log.warning("%d prompts have fewer than n=%d samples; generating the missing ones", len(partial), config.n)
+    # chunks at fixed places in the whole pool, each sampled with its own seed, so that a resumed run (even one
+    # killed halfway through a chunk's append) samples exactly what an unbroken run would: a chunk with any
+    # missing sample is generated again whole and only the missing samples are kept
+    fixed = [items[i:i + config.chunk_size] for i in range(0, len(items), config.chunk_size)]
+    todo = [(no, chunk) for no, chunk in enumerate(fixed)
+            if any(per_prompt.get(it["id"], 0) < config.n for it in chunk)]
+    short = sum(0 < per_prompt.get(it["id"], 0) < config.n for _, chunk in todo for it in chunk)
+    if short:
+        log.info("%d prompts have fewer than n=%d samples; generating the missing ones", short, config.n)
     if not todo:
         return done
     reasoner = SafetyReasoner(spec, Mode(config.mode), k=config.k)
@@ -63,27 +69,26 @@ def self_generate(prompts: Sequence, generator: Generator, spec: Spec, output: s
     t0 = time.perf_counter()
     with progress_bar(disable=not show_progress) as bar:
         task = bar.add_task(f"self-generating ({config.mode}, n={config.n})", total=len(items),
-                            completed=len(items) - len(todo))
-        where = {it["id"]: i for i, it in enumerate(items)}
+                            completed=sum(per_prompt.get(it["id"], 0) >= config.n for it in items))
 
-        def answer(chunk: list[dict]) -> list[dict]:
-            # seeded by the chunk's place in the whole pool, so a resumed run samples what an unbroken one would
+        def answer(no: int, chunk: list[dict]) -> list[dict]:
             params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
-                                    max_new_tokens=config.max_new_tokens, n=config.n,
-                                    seed=config.seed + where[chunk[0]["id"]] // config.chunk_size)
+                                    max_new_tokens=config.max_new_tokens, n=config.n, seed=config.seed + no)
             results = reasoner.run(generator, [it["prompt"] for it in chunk], params)
-            flat = [(it, r) for it, rs in zip(chunk, results) for r in rs
-                    if r.sample >= per_prompt.get(it["id"], 0)]
+            flat = [(it, r) for it, rs in zip(chunk, results) for r in rs if (it["id"], r.sample) not in have]
             verdicts = judge.classify([r.response for _, r in flat], [it["prompt"] for it, _ in flat])
-            bar.advance(task, len(chunk))
+            bar.advance(task, sum(per_prompt.get(it["id"], 0) < config.n for it in chunk))
             return [{**it, "mode": r.mode, "sample": r.sample, "raw": r.raw, "reasoning": r.reasoning,
                      "response": r.response, "format_ok": r.format_ok, "judge": v.label,
                      "judge_probs": getattr(v, "probs", None), "reward": SAFETY_REWARDS[it["label"]][v.label],
                      "cited_cases": r.cited_cases, "context_cases": r.context_cases}
                     for (it, r), v in zip(flat, verdicts)]
 
-        records += append_in_chunks(output, todo, config.chunk_size, answer)
-    log.info("self-generation: %d prompts in %.0f s", len(todo), time.perf_counter() - t0)
+        for no, chunk in todo:  # each chunk's records appended (and fsynced) before the next starts
+            rows = answer(no, chunk)
+            append_records(output, rows)
+            records += rows
+    log.info("self-generation: %d chunks in %.0f s", len(todo), time.perf_counter() - t0)
     return records
 
 

@@ -234,7 +234,22 @@ def _checkpoint_to_resume(trainer_dir: Path, fingerprint: str) -> str | None:
         trainer_dir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(fingerprint)
         return None
+    # transformers writes trainer_state.json last: a checkpoint without it was cut off by a kill mid-save, so it is
+    # removed and the newest whole one (if any) is resumed
+    while checkpoints and not _whole(checkpoints[-1]):
+        log.warning("%s was cut off while being written; removed (training resumes from the one before it)",
+                    checkpoints[-1])
+        shutil.rmtree(checkpoints.pop(), ignore_errors=True)
     return str(checkpoints[-1]) if checkpoints else None
+
+
+def _whole(checkpoint: Path) -> bool:
+    """A checkpoint whose trainer_state.json (the last file transformers writes) is there and reads as JSON."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _trainer(config: TrainConfig, source: str, tokenizer, dataset, args: dict, reward_funcs,
