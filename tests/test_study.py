@@ -286,6 +286,20 @@ def test_eval_cli_on_a_user_file_with_attacks(tmp_path, tiny_model):
                                        "text", "--kind", "harmful", "--attack", "prefix_injection", "--limit", "2",
                                        "--max-new-tokens", "6", "--output", str(out), cwd=tmp_path).stdout
     assert _lines(out / "records.jsonl") == 2  # the rerun resumed; nothing was duplicated
+    # a suite's metrics.json would overwrite this set's: refused before the model loads, nothing touched
+    before = (out / "metrics.json").read_text()
+    r = _cada("eval", "--model", tiny_model, "--suite", "demo", "--limit", "1", "--output", str(out), cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        f"error: --output {out}: holds a single-set evaluation (records.jsonl); give the suite a new folder"]
+    assert (out / "metrics.json").read_text() == before
+    # and a single set is not written over a suite's folder
+    suite_dir = tmp_path / "suite"
+    (suite_dir / "advbench").mkdir(parents=True)
+    (suite_dir / "advbench" / "eval.json").write_text("{}")
+    r = _cada("eval", "--model", tiny_model, "--dataset", str(data), "--prompt-column", "text", "--kind",
+              "harmful", "--output", str(suite_dir), cwd=tmp_path)
+    assert r.returncode == 1 and "holds a suite's evaluation" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (suite_dir / "records.jsonl").exists()
 
 
 @pytest.mark.parametrize("args, message", [

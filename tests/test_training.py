@@ -294,7 +294,7 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(tmp_path, tiny_m
     rows = sft_set(records, spec, "cr")[0]
     # 4 rows, batch 1, 2 epochs: 8 steps, a checkpoint every 2; all kept here so a kill can be staged
     cfg = TrainConfig(method="sft", lora_r=0, batch_size=1, epochs=2, report_to="none", max_length=256,
-                      extra={"save_total_limit": 10})
+                      extra={"save_total_limit": 10, "logging_steps": 1})
     run = tmp_path / "run"
     train(tiny_model, rows, run, cfg)
     steps = sorted(int(p.name.split("-")[1]) for p in (run / "trainer").glob("checkpoint-*"))
@@ -307,10 +307,18 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(tmp_path, tiny_m
     info = json.loads((run / "train_info.json").read_text())
     assert info["resumed_from"] == "checkpoint-4" and info["steps"] == 8
     assert (run / "model" / "config.json").is_file()
+
+    def logged():
+        rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+        return [r["step"] for r in rows if "loss" in r], sum("train_runtime" in r for r in rows)
+
+    # the steps after checkpoint-4 were logged by both runs: each step once, one end-of-training row
+    assert logged() == ([1, 2, 3, 4, 5, 6, 7, 8], 1)
     # other data in the same folder: no resume, and the stale checkpoints are gone before it trains
     train(tiny_model, rows[:2], run, cfg)
     info = json.loads((run / "train_info.json").read_text())
     assert "resumed_from" not in info and info["steps"] == 4
+    assert logged() == ([1, 2, 3, 4], 1)  # a fresh run's log starts afresh
     # its own checkpoints only (a quarter of 4 steps: every step); those of 6 and 8 steps were removed
     assert sorted(int(p.name.split("-")[1]) for p in (run / "trainer").glob("checkpoint-*")) == [1, 2, 3, 4]
 

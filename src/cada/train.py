@@ -298,6 +298,24 @@ def _trainer(config: TrainConfig, source: str, tokenizer, dataset, args: dict, r
     return trainer
 
 
+def _trim_train_log(path: Path, step: int) -> None:
+    """Keep only the log rows of steps up to ``step`` (where a resumed run starts again; 0 for a fresh one): the
+    steps after the checkpoint are trained, and logged, again, and the end-of-training row is written at the end."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line torn by the kill
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step and "train_runtime" not in row and step:
+            kept.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _quiet_progress(trainer, output: Path) -> None:
     """Swap transformers' tqdm bar, which also prints every log dict to stdout, for the rich bar every cada stage
     shows (with the latest loss); the log dicts go to ``output/train_log.jsonl`` (one JSON object per line)."""
@@ -311,6 +329,7 @@ def _quiet_progress(trainer, output: Path) -> None:
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
+                _trim_train_log(output / "train_log.jsonl", state.global_step)
                 # not tied to args.disable_tqdm: that follows the transformers log level, which cada's CLI lowers
                 self.bar = progress_bar()
                 self.bar.start()

@@ -73,7 +73,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model on a benchmark, your own file, or a named suite; rates with 95% bootstrap intervals."""
     from cada.config import suite as named_suite
-    from cada.evaluate.run import check_folders, evaluate_model, load_sets, make_judges
+    from cada.evaluate.run import PIN_FILE, check_folders, evaluate_model, load_sets, make_judges
     from cada.models.generate import make_generator
     from cada.reasoning import Mode
     from cada.records import check_input, check_writable, write_json
@@ -116,6 +116,14 @@ def eval_cmd(
 
     def folder_of(es):
         return output if suite is None else output / es.name
+
+    # a suite's metrics.json (one entry per set) and a single set's share the top-level name: never mix the two
+    if suite is not None and (output / "records.jsonl").is_file():
+        raise CadaError(f"--output {output}: holds a single-set evaluation (records.jsonl); give the suite a new "
+                        "folder")
+    if suite is None and output.is_dir() and any((d / PIN_FILE).is_file() for d in output.iterdir() if d.is_dir()):
+        raise CadaError(f"--output {output}: holds a suite's evaluation (one folder per set); give this set a new "
+                        "folder")
 
     # a folder made with other settings (mode, set, model, ...) is refused before the model loads
     check_folders(loaded, folder_of, cfg, model=model, mode=mode, judges=judges, seed=seed)
