@@ -159,6 +159,12 @@ class PoolConfig(Settings):
     heldout_per_label: int = Field(50, ge=0, description="Prompts per label held back, never trained on.")
     jailbreak_share: float = Field(0.25, ge=0, le=1, description="Share of the shipped pools' harmful prompts "
                                    "wrapped in training-side jailbreak templates (a user_pool is used as given).")
+    sources: list[str] | None = Field(None, description="Shipped training sources to draw from (names in "
+                                      "cada.data.sources.SOURCES, e.g. [beavertails] as the paper); default: "
+                                      "do_not_answer, hh_rlhf, ifeval, coconot_contrast, coconot_pref.")
+    validation_per_label: int = Field(0, ge=0, description="Look-alike validation prompts (OR-Bench-80K benign, "
+                                      "OR-Bench toxic harmful) held back from every stage, to choose settings on; "
+                                      "0 = none.")
 
 
 class GenConfig(Settings):
