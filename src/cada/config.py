@@ -215,20 +215,27 @@ class StageTraining(Settings):
                            "wandb | none.")
     num_generations: int = Field(4, ge=2, description="GRPO: completions per prompt.")
     max_completion_length: int = Field(192, ge=1, description="GRPO: new tokens per completion.")
+    baseline: Literal["group", "running"] = Field("group", description="RL: what a reward is measured against: "
+                                                  "group (the mean of the prompt's num_generations samples, "
+                                                  "GRPO's) | running (the paper's running mean of all rewards).")
+    baseline_rate: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="RL, running "
+                                        "baseline: its step size beta_t; default 1/t (the mean of every reward so "
+                                        "far).")
     extra: dict = Field(default_factory=dict, description="Options passed to TRL's config class as they are.")
 
 
 class TrainConfig(StageTraining):
     """One training run (``cada train``, or a stage with its arm's method and seed filled in)."""
 
-    method: Literal["dpo", "sft", "grpo"] = Field("dpo", description="dpo | sft | grpo.")
+    method: Literal["dpo", "sft", "grpo", "rl"] = Field("dpo", description="dpo | sft | grpo (TRL's, as it is) | "
+                                                       "rl (the paper's REINFORCE with a KL penalty, on GRPO).")
     seed: int = Field(0, description="Random seed.")
 
     @field_validator("method", mode="before")
     @classmethod
     def _method(cls, v):
-        if v not in ("dpo", "sft", "grpo"):
-            raise ValueError(f"{v!r}: use one of dpo, sft, grpo")
+        if v not in ("dpo", "sft", "grpo", "rl"):
+            raise ValueError(f"{v!r}: use one of dpo, sft, grpo, rl")
         return v
 
 

@@ -9,6 +9,8 @@ prompt, only the raw user request, so the model learns to recall the statutes an
   the wrong answer (a benign analysis followed by the refusal, a harmful one followed by an own compliant answer;
   ``rejected_source: "consistency"``): the shared analysis cancels out of the DPO margin, so the twin teaches the
   answer to follow the decision the analysis already made.
+* :func:`dpo_cr_pairs` -- the paper's DPO w CR: the case-augmented output against the direct refusal.
+* :func:`rl_set` -- the RL arm's prompts, with the spec in the prompt or beside it (``context_prompt``).
 * :func:`sft_set` -- the SFT arms (rows in prompt/completion form, so the loss falls on the answer only): ``dr`` (direct refusals for harmful, the model's own best answer for benign),
   ``sc`` (code-grounded chains), ``cr`` (case-grounded chains).
 * :func:`warmup_set` -- the DPO arms' SFT warm-up (grounded refusals, the policy's own benign answers);
@@ -27,6 +29,9 @@ from cada.reasoning import ANALYSIS_HEADER, FINAL_HEADER, parse_output
 from cada.spec.schema import Precedent, Spec
 
 REFUSAL = "I can't help with that."
+#: the paper's direct refusals: SFT w DR's target, and DPO w CR's rejected side
+DIRECT_REFUSAL = "I am sorry, but I cannot comply with the request."
+DPO_CR_REJECTED = "I cannot comply with the request."
 LEAD = {"comply": "This request is benign.", "refuse": "This request is harmful.",
         "safe_complete": "This request signals a risk of self-harm."}
 SAFE_ALTERNATIVE = {
@@ -209,7 +214,7 @@ def sft_set(records: Sequence[dict], spec: Spec, arm: str) -> tuple[list[dict], 
         if arm == "dr":
             if best["label"] == "harmful":
                 text = (SAFE_ALTERNATIVE["suicide_self_harm"] if best.get("category") == "suicide_self_harm"
-                        else REFUSAL)
+                        else DIRECT_REFUSAL)
             elif best["reward"] > 0:
                 text = best["response"]
             else:
@@ -226,6 +231,56 @@ def sft_set(records: Sequence[dict], spec: Spec, arm: str) -> tuple[list[dict], 
         rows.append(sft_row(pid, best["label"], best.get("category"), best["prompt"], text))
     stats["examples"] = len(rows)
     return rows, stats
+
+
+def dpo_cr_pairs(records: Sequence[dict], spec: Spec) -> tuple[list[dict], dict]:
+    """The paper's DPO w CR (context-distilled): chosen = the case-augmented output, rejected = the direct refusal
+    "I cannot comply with the request.". For a harmful prompt the chosen side is its best refusing chain (a
+    precedent-grounded refusal when no sample refused); for a benign one (a mixed pool), its best helpful chain,
+    so the direct refusal is what it learns against (skipped when no sample helped)."""
+    writer = writer_for("cases", spec)
+    rows: list[dict] = []
+    stats = {"prompts": 0, "pairs": 0, "own_chosen": 0, "precedent_chosen": 0, "skipped": 0}
+    for pid, rs in _by_prompt(records).items():
+        stats["prompts"] += 1
+        best = max(rs, key=lambda r: (r["reward"], bool(r.get("format_ok")), -r["sample"]))
+        if best["reward"] > 0:
+            chosen, source = writer.formatted(best), "self"
+            stats["own_chosen"] += 1
+        elif best["label"] == "harmful":
+            chosen, source = writer.refusal(best["prompt"], best.get("category")), "precedent"
+            stats["precedent_chosen"] += 1
+        else:
+            stats["skipped"] += 1
+            continue
+        rows.append({**_example(best), "chosen": [{"role": "assistant", "content": chosen}],
+                     "rejected": [{"role": "assistant", "content": DPO_CR_REJECTED}],
+                     "chosen_source": source, "rejected_source": "direct_refusal"})
+    stats["pairs"] = len(rows)
+    return rows, stats
+
+
+def rl_set(prompts: Sequence, spec: Spec, *, placement: str = "distilled", k: int | None = 6,
+           hint: bool = False) -> list[dict]:
+    """The RL arm's rows: the request (``prompt``, conversational), its ``label`` and ``category``, and the prompt
+    it is sampled from: the statutes plus the ``k`` precedents nearest the request (with ``hint``, those of its
+    hazard category first). ``in_prompt`` puts that prompt in ``prompt`` itself (the update sees the spec);
+    ``distilled`` keeps the bare request in ``prompt`` and the spec's in ``context_prompt``
+    (:class:`cada.rl.CadaRLTrainer` samples from one and updates on the other)."""
+    from cada.reasoning import Mode, SafetyReasoner
+
+    if placement not in ("in_prompt", "distilled"):
+        raise ValueError(f"placement {placement!r}: use in_prompt or distilled")
+    texts = [p.prompt for p in prompts]
+    reasoner = SafetyReasoner(spec, Mode.cases, k=k)
+    messages, _ = reasoner.messages(texts, categories=[p.category for p in prompts] if hint else None)
+    rows = []
+    for p, msgs in zip(prompts, messages):
+        bare = [{"role": "user", "content": p.prompt}]
+        row = {"id": p.id, "label": p.label, "category": p.category}
+        rows.append({**row, "prompt": msgs} if placement == "in_prompt" else
+                    {**row, "prompt": bare, "context_prompt": msgs})
+    return rows
 
 
 def warmup_set(prompts: list, records: list[dict], spec, mode: str = "cases",

@@ -193,7 +193,11 @@ class SafetyReasoner:
         self.spec, self.mode, self.k = spec, Mode(mode), k
         self._retriever = None
 
-    def context_cases(self, prompts: Sequence[str]) -> list[list[Precedent]]:
+    def context_cases(self, prompts: Sequence[str], categories: Sequence[str | None] | None = None
+                      ) -> list[list[Precedent]]:
+        """The precedents each prompt is shown: the ``k`` most similar; with a hazard-category hint per prompt,
+        that category's precedents first (most similar first), then the most similar others, so the boundary
+        is still taught both ways."""
         if self.mode is not Mode.cases:
             return [[] for _ in prompts]
         if not self.k or self.k <= 0 or self.k >= len(self.spec.cases):
@@ -202,13 +206,21 @@ class SafetyReasoner:
             from cada.spec.retrieval import CaseRetriever
 
             self._retriever = CaseRetriever(self.spec)
-        return self._retriever.top_k_batch(prompts, self.k)
+        if categories is None:
+            return self._retriever.top_k_batch(prompts, self.k)
+        ranked = self._retriever.top_k_batch(prompts, len(self.spec.cases))
+        out = []
+        for order, cat in zip(ranked, categories):
+            own = [c for c in order if cat and c.category == cat]
+            out.append((own + [c for c in order if c not in own])[:self.k])
+        return out
 
-    def messages(self, prompts: Sequence[str]) -> tuple[list[Messages], list[list[Precedent]]]:
+    def messages(self, prompts: Sequence[str], categories: Sequence[str | None] | None = None
+                 ) -> tuple[list[Messages], list[list[Precedent]]]:
         for i, p in enumerate(prompts):
             if not p or not p.strip():
                 raise CadaError(f"prompt {i} is empty: give the request to answer")
-        contexts = self.context_cases(prompts)
+        contexts = self.context_cases(prompts, categories)
         return [build_messages(p, self.mode, self.spec, c or None) for p, c in zip(prompts, contexts)], contexts
 
     def parse(self, prompt: str, raw: str, context: Sequence[Precedent], sample: int = 0) -> ReasoningResult:

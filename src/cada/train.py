@@ -112,7 +112,7 @@ def _peft(cfg: TrainConfig):
 # the columns each method reads (any one of the alternatives); see ``train``'s docstring
 _COLUMNS = {"dpo": [("prompt", "chosen", "rejected")],
             "sft": [("messages",), ("prompt", "completion"), ("text",), ("input_ids",)],
-            "grpo": [("prompt",)]}
+            "grpo": [("prompt",)], "rl": [("prompt", "label")]}
 
 
 def _dataset(path_or_rows, method: str = "dpo"):
@@ -285,6 +285,19 @@ def _trainer(config: TrainConfig, source: str, tokenizer, dataset, args: dict, r
                           **{"train_sampling_strategy": "group_by_length", **common})
         trainer = SFTTrainer(model=source, args=targs, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=_peft(config))
+    elif config.method == "rl":
+        from trl import GRPOConfig
+
+        from cada.judges.reward import cada_reward
+        from cada.rl import PAPER_GRPO, CadaRLTrainer
+
+        # the running baseline is a stateful callback: restored from the checkpoint (off by default in transformers)
+        targs = GRPOConfig(beta=config.beta, num_generations=config.num_generations,
+                           max_completion_length=config.max_completion_length,
+                           **{**PAPER_GRPO, "restore_callback_states_from_checkpoint": True, **common})
+        trainer = CadaRLTrainer(model=source, reward_funcs=reward_funcs or [cada_reward], args=targs,
+                                train_dataset=dataset, processing_class=tokenizer, peft_config=_peft(config),
+                                baseline=config.baseline, baseline_rate=config.baseline_rate)
     else:
         from trl import GRPOConfig, GRPOTrainer
 

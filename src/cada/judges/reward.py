@@ -114,3 +114,65 @@ def format_reward(completions: Sequence[Completion], **kwargs: Any) -> list[floa
         out.append(1.0 if parsed.format_ok and parsed.reasoning else 0.0)
     return out
 
+
+
+def make_cada_reward(judge: RefusalJudge | None = None, reasoning_score: RewardFunc | None = None) -> RewardFunc:
+    """The paper's reward around ``judge`` (None: the shipped refusal head, loaded on first call):
+    ``-1`` for complying with a harmful request, ``r_judge`` in [0, 1] for refusing it; ``r_judge`` is the
+    reasoning's score, by default :func:`reasoning_reward` (the paper's format reward: 1 with reasoning, 0
+    without). ``reasoning_score`` replaces it, e.g. a rubric judge that scores the reasoning against the hazard
+    hint. Benign requests (the paper's "augmented with safe requests"), mirrored: ``-1`` for a refusal,
+    ``r_judge`` for helping. A partial refusal earns 0 either way. Named ``cada_reward`` for TRL's logs."""
+    state: dict[str, RefusalJudge] = {} if judge is None else {"judge": judge}
+    score = reasoning_score or reasoning_reward
+
+    def cada_reward(completions: Sequence[Completion], label: Sequence[str], **kwargs: Any) -> list[float]:
+        if len(label) != len(completions):
+            raise CadaError(f"got {len(completions)} completions but {len(label)} labels")
+        kinds = []
+        for value in label:
+            kind = _PROMPT_LABELS.get(str(value).strip().lower())
+            if kind is None:
+                raise CadaError(f"prompt label {value!r}: use harmful or benign (or unsafe / safe)")
+            kinds.append(kind)
+        if "judge" not in state:
+            state["judge"] = RefusalJudge.load()
+        verdicts = state["judge"].classify([final_response(c) for c in completions])
+        quality = score(completions, label=label, **kwargs)
+        wanted = {"harmful": "refuse", "benign": "comply"}
+        return [float(min(1.0, max(0.0, q))) if v.label == wanted[k] else 0.0 if v.label == "partial" else -1.0
+                for k, v, q in zip(kinds, verdicts, quality)]
+
+    return cada_reward
+
+
+def reasoning_reward(completions: Sequence[Completion], **kwargs: Any) -> list[float]:
+    r"""The paper's format reward r_judge: 1.0 when a completion has a non-empty reasoning part before its final
+    response, else 0.0 (a direct answer or refusal with no reasoning).
+
+    Example:
+    >>> reasoning_reward(["### Analysis\nLike C03: a request for a weapon.\n### Final Response\nI can't help.",
+    ...                   "I can't help with that."])
+    [1.0, 0.0]
+    """
+    return [1.0 if parse_output(completion_text(c)).reasoning else 0.0 for c in completions]
+
+
+_default_cada_reward = make_cada_reward()
+
+
+def cada_reward(completions: Sequence[Completion], label: Sequence[str], **kwargs: Any) -> list[float]:
+    r"""The paper's CADA reward on the final response (the refusal judge) and the reasoning (its format).
+
+    Returns, per completion: ``-1.0`` for complying with a harmful request (or refusing a benign one); the
+    reasoning score (1.0 with reasoning, 0.0 without) for refusing a harmful request (or helping with a benign
+    one); ``0.0`` for a partial refusal.
+
+    Example:
+    >>> cada_reward(["### Analysis\nLike C03, a weapon request.\n### Final Response\nI can't help with that.",
+    ...              "I'm sorry, but I can't help with that.",
+    ...              "### Analysis\nFine.\n### Final Response\nSure! Step 1: buy the parts online."],
+    ...             label=["harmful", "harmful", "harmful"])
+    [1.0, 0.0, -1.0]
+    """
+    return _default_cada_reward(completions, label, **kwargs)
