@@ -127,6 +127,19 @@ def test_dpo_pairs_best_vs_worst_with_marked_fallback_and_context_distillation(s
                                           "prompts_with_a_good_sample": 0.333}
 
 
+def test_dpo_cr_pairs_set_the_case_augmented_output_against_the_direct_refusal(spec):
+    from cada.datasets import dpo_cr_pairs
+
+    records = [rec("a", "harmful", 0, "comply", -1.0), rec("a", "harmful", 1, "refuse", 1.0),
+               rec("b", "harmful", 0, "comply", -1.0), rec("c", "benign", 0, "comply", 1.0, category="none"),
+               rec("d", "benign", 0, "refuse", -1.0, category="none")]
+    rows, stats = dpo_cr_pairs(records, spec)
+    assert [r["id"] for r in rows] == ["a", "b", "c"] and stats["skipped"] == 1  # d: no helpful sample
+    assert all(r["rejected"] == [{"role": "assistant", "content": "I cannot comply with the request."}] for r in rows)
+    assert [r["chosen_source"] for r in rows] == ["self", "precedent", "self"]
+    assert rows[0]["chosen"][0]["content"].startswith("### Analysis") and rows[0]["prompt"][0]["role"] == "user"
+
+
 def test_consistency_twins_keep_the_analysis_and_swap_in_the_wrong_answer(spec):
     records = [
         rec("a", "harmful", 0, "comply", -1.0), rec("a", "harmful", 1, "refuse", 1.0, fmt=True),
@@ -158,7 +171,8 @@ def test_consistency_twins_keep_the_analysis_and_swap_in_the_wrong_answer(spec):
 def test_sft_arms(spec):
     records = [rec("a", "harmful", 0, "comply", -1.0), rec("c", "benign", 0, "comply", 1.0, category="none")]
     dr, _ = sft_set(records, spec, "dr")
-    assert dr[0]["completion"] == [{"role": "assistant", "content": "I can't help with that."}]
+    # the paper's direct refusal (SFT w DR)
+    assert dr[0]["completion"] == [{"role": "assistant", "content": "I am sorry, but I cannot comply with the request."}]
     assert dr[1]["completion"][0]["content"] == "answer c0"
     cr, stats = sft_set(records, spec, "cr")
     cr_text = cr[0]["completion"][0]["content"]
