@@ -1,10 +1,11 @@
 """Prompt pools for self-generation: harmful and benign training requests, labelled and categorised, with a share
 of the harmful ones wrapped in in-the-wild jailbreak templates, and no overlap with any evaluation prompt; a user's
-own pool; the held-back split; and every draw the later stages make from a pool.
+own pool; the held-back split; the look-alike validation prompts; and every draw the later stages make from a pool.
 
-The sources are read by :mod:`cada.data.sources` (its table lists them). Every prompt but the IFEval ones takes the
-hazard category of its nearest precedent in the spec (sentence-embedding cosine similarity, the encoder of
-:mod:`cada.spec.retrieval`).
+The sources are read by :mod:`cada.data.sources` (its table lists them; ``pool.sources`` picks them, default the
+five below). Every prompt but the IFEval ones takes the hazard category of its nearest precedent in the spec
+(sentence-embedding cosine similarity, the encoder of :mod:`cada.spec.retrieval`); so do the prompts of every new
+source, Alpaca's plain instructions too. Every source's prompts go through the same overlap checks.
 
 **Labelling rule for HH-RLHF** (:func:`auto_label`): the ``LABEL_K`` = 3 nearest labelled references by embedding
 similarity vote, counting only those at least ``LABEL_FLOOR`` = 0.3 similar; harmful when most votes are harmful,
@@ -16,8 +17,15 @@ so the labelled pools join them as references; then 98% and 16% (each prompt lef
 ``experiments/pools.py``). HH-RLHF turns the vote does not call harmful are **dropped, not used as benign**: they
 are red-team openers, and many that no reference is close to are still harmful ("How can I do a drive by
 shooting?"). As benign training prompts they taught the model to comply with harmful requests, and as held-back
-benign prompts they counted refusals of them as over-refusal. The benign pools are IFEval and the two CoCoNot sets;
-the CoCoNot preference prompts do not vote (the rule above is unchanged by them).
+benign prompts they counted refusals of them as over-refusal. The default benign pools are IFEval and the two
+CoCoNot sets; the CoCoNot preference prompts do not vote, nor do the newer sources' prompts (the rule above is
+unchanged by them). A selection without Do-Not-Answer or CoCoNot contrast still reads them to vote (and leaves them
+out of its pools). The vote separates harmful requests from plain ones, not from look-alikes: it calls about 91% of
+the OR-Bench-80K look-alikes harmful (and about half of Alpaca's and IFEval's instructions), so no benign source is
+labelled by it.
+
+**Validation** (:func:`validation_pool`): ``pool.validation_per_label`` OR-Bench-80K look-alikes (benign) and
+OR-Bench toxic prompts (harmful), set aside by :func:`cada.pipeline.pools.prepare_pools` before any draw.
 
 Jailbreak templates come from :mod:`cada.data.jailbreaks`, and the overlap checks from :mod:`cada.data.decontam`.
 """
@@ -40,7 +48,7 @@ from pydantic import ValidationError
 from cada.data.decontam import (EvalIndex, drop_overlap, drop_paraphrases, embed_cached, fixed_eval_sets, normalize,
                                 paraphrase_references, removal_record)
 from cada.data.jailbreaks import fill_template, load_jailbreak_templates, split_templates, template_id
-from cada.data.sources import RawPrompt, raw_sources
+from cada.data.sources import SOURCES, VALIDATION_SOURCES, RawPrompt, raw_sources, source_names
 from cada.errors import CadaError
 from cada.records import PoolPrompt, read_records, write_records
 from cada.spec.schema import Spec, Verdict, load_spec
@@ -54,7 +62,7 @@ LABEL_FLOOR = 0.3
 HARMFUL_VERDICTS = frozenset({Verdict.refuse, Verdict.safe_complete})
 
 #: benign prompts written to look risky (what a model over-refuses)
-LOOKALIKE_SOURCES = frozenset({"coconot_contrast", "coconot_pref"})
+LOOKALIKE_SOURCES = frozenset({"coconot_contrast", "coconot_pref", "or_bench_80k"})
 #: dataset-labelled sources whose prompts vote in :func:`auto_label` beside the spec's precedents
 LABEL_REFERENCE_SOURCES = frozenset({"do_not_answer", "coconot_contrast"})
 
@@ -66,6 +74,8 @@ class Pools:
     prompts: list[PoolPrompt]
     removed: list[dict] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
+    #: every source the build read (its prompts, or its labels as :func:`auto_label` references): its license
+    licenses: dict[str, str] = field(default_factory=dict)
 
 
 # --- labels and categories -----------------------------------------------------------------------
@@ -118,7 +128,7 @@ def _label_and_categorise(raw: list[RawPrompt], spec: Spec) -> list[PoolPrompt]:
     """PoolPrompts for ``raw``: categories from the nearest precedent, HH-RLHF labels from :func:`auto_label`."""
     import numpy as np
 
-    embedded = [r for r in raw if r.source != "ifeval"]
+    embedded = [r for r in raw if r.source != "ifeval"]  # the other sources, the new ones too, are embedded
     if not embedded:
         return [_prompt(r, r.label or "benign", NO_CATEGORY) for r in raw]
     emb, case_sims = _nearest_precedents([r.text for r in embedded], spec)
@@ -157,30 +167,40 @@ def wrap_in_jailbreaks(prompts: list[PoolPrompt], templates: list[str], share: f
 
 
 def build_pools(data_dir: str | Path | None = None, *, jailbreak_share: float = 0.25, seed: int = 0,
-                spec: Spec | None = None) -> Pools:
+                spec: Spec | None = None, sources: Sequence[str] | None = None) -> Pools:
     """Build the training pools from the shipped data (or ``data_dir``, laid out like ``cada/data/files``).
 
-    Steps: read the five sources; drop repeated requests (same normalised text; the first source wins); remove
-    requests that overlap an evaluation prompt (exact, near duplicate, or a paraphrase by sentence embedding); label
-    and categorise, dropping HH-RLHF turns not labelled harmful;
+    Steps: read the sources (``sources``: names of :data:`cada.data.sources.SOURCES`, default the five of
+    ``DEFAULT_SOURCES``; an unknown one is a :class:`CadaError`); drop repeated requests (same normalised text; the
+    first source wins); remove requests that overlap an evaluation prompt (exact, near duplicate, or a paraphrase by
+    sentence embedding); label and categorise, dropping automatically labelled turns (HH-RLHF) not labelled harmful;
     wrap ``jailbreak_share`` of the harmful requests in training jailbreak templates; remove wrapped prompts that
     overlap an evaluation prompt.
-    Deterministic for a given ``seed`` and spec.
+    When an automatically labelled source is read without the labelled pools that vote in :func:`auto_label`
+    (:data:`LABEL_REFERENCE_SOURCES`), they are read too, after the others, to vote, and left out of the pools: the
+    source's prompts are labelled as in the default pools.
+    Deterministic for a given ``seed``, spec and set of sources (not their order).
     """
     spec = spec or load_spec()
+    names = source_names(sources)
+    auto = [n for n in names if SOURCES[n].label is None]
+    voters = [n for n in SOURCES if auto and n in LABEL_REFERENCE_SOURCES and n not in names]
     removed: list[dict] = []
     train_t, eval_t, dropped = split_templates(load_jailbreak_templates(data_dir))
     fixed = fixed_eval_sets(data_dir)
     eval_index = EvalIndex({**fixed, "jailbreak_eval": eval_t})
 
-    raw_all = raw_sources(data_dir)
+    raw_all = raw_sources(data_dir, names) + (raw_sources(data_dir, voters) if voters else [])
     raw = _first_of_each(raw_all)
-    duplicates = len(raw_all) - len(raw)
+    duplicates = sum(r.source in names for r in raw_all) - sum(r.source in names for r in raw)
     raw = drop_overlap(raw, lambda r: (r.id, r.text, r.source), eval_index, removed)
     raw = drop_paraphrases(raw, lambda r: (r.id, r.text, r.source), paraphrase_references(fixed), removed)
     prompts = _label_and_categorise(raw, spec)
-    unsure = sum(p.source == "hh_rlhf" and p.label != "harmful" for p in prompts)
-    prompts = [p for p in prompts if p.source != "hh_rlhf" or p.label == "harmful"]
+    if voters:  # they voted; they are no part of this selection's pools
+        prompts = [p for p in prompts if p.source in names]
+        removed = [r for r in removed if r["source"] in names]
+    unsure = {n: sum(p.source == n and p.label != "harmful" for p in prompts) for n in auto}
+    prompts = [p for p in prompts if p.label_source != "auto" or p.label == "harmful"]
 
     removed += [removal_record(template_id(t), t, "jailbreak_template", m, "jailbreak_eval") for t, m in dropped]
     train_t = drop_overlap(train_t, lambda t: (template_id(t), t, "jailbreak_template"), eval_index, removed)
@@ -190,9 +210,29 @@ def build_pools(data_dir: str | Path | None = None, *, jailbreak_share: float = 
     keep = {p.id for p in wrapped}
     prompts = [p for p in prompts if not p.jailbreak or p.id in keep]
     counts = _counts(prompts, removed)
-    counts.update(duplicates_dropped=duplicates, hh_rlhf_not_harmful_dropped=unsure,
+    counts.update(duplicates_dropped=duplicates, **{f"{n}_not_harmful_dropped": k for n, k in unsure.items()},
                   jailbreak_templates={"train": len(train_t), "eval": len(eval_t)})
-    return Pools(prompts=prompts, removed=removed, counts=counts)
+    return Pools(prompts=prompts, removed=removed, counts=counts,
+                 licenses={n: s.license for n, s in SOURCES.items() if n in names or n in voters})
+
+
+def validation_pool(per_label: int, data_dir: str | Path | None = None, *, seed: int = 0,
+                    spec: Spec | None = None) -> Pools:
+    """The look-alike validation prompts: per label, ``per_label`` prompts of its validation source
+    (:data:`cada.data.sources.VALIDATION_SOURCES`: OR-Bench-80K benign look-alikes, OR-Bench toxic harmful),
+    picked as :func:`split_heldout` picks (lowest sha256 of ``seed:id``; a source with fewer is taken whole).
+
+    They are built as every pool is (repeats dropped, every overlap check against the evaluation prompts, labels and
+    categories), unwrapped; ``counts`` are theirs. Their ids are the ones those sources have in any pool, so a pool
+    that also trains on these sources can leave them out by id (and their near duplicates, see
+    :func:`cada.data.decontam.drop_near_heldout`).
+    """
+    built = build_pools(data_dir, jailbreak_share=0.0, seed=seed, spec=spec,
+                        sources=[VALIDATION_SOURCES[label] for label in LABELS])
+    _, picked = split_heldout(built.prompts, n_heldout_per_label=per_label, seed=seed)
+    removed = [r for r in built.removed if r["source"] in built.licenses]  # the training templates' are not theirs
+    counts = {**_counts(picked, removed), "candidates": built.counts["by_source"]}
+    return Pools(prompts=picked, removed=removed, counts=counts, licenses=built.licenses)
 
 
 def _counts(prompts: Sequence[PoolPrompt], removed: Sequence[dict]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The pool stage: the training and held-back prompts a run draws once (``pool/``) and every stage reuses, each
-stage's own prompts set aside there (warm-up, judgement, calibration), and a study's second overlap check against
-its own evaluation sets. Every draw itself lives in :mod:`cada.data.pools`, every overlap test in
-:mod:`cada.data.decontam`."""
+stage's own prompts set aside there (warm-up, judgement, calibration), the look-alike validation prompts no stage
+trains on (``pool.validation_per_label``), and a study's second overlap check against its own evaluation sets.
+Every draw itself lives in :mod:`cada.data.pools`, every overlap test in :mod:`cada.data.decontam`."""
 
 from __future__ import annotations
 
@@ -10,13 +10,19 @@ from pathlib import Path
 from cada.config import AlignConfig, EvalSet
 from cada.data import decontam as D
 from cada.data import pools as P
+from cada.data import sources as S
 from cada.data.benchmarks import eval_items
 from cada.errors import CadaError
 from cada.records import read_json, write_json
 
 
 def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
-    """Train and held-back prompts (written once to ``run/pool``, reused on resume)."""
+    """Train and held-back prompts (written once to ``run/pool``, reused on resume).
+
+    With ``pool.validation_per_label``, the look-alike validation prompts (:func:`cada.data.pools.validation_pool`)
+    are set aside first, in ``pool/validation.jsonl``: no pool prompt with their id or near-duplicating one
+    (:func:`cada.data.decontam.drop_near_heldout`) is held back or reaches any stage. ``pool/report.json`` lists the
+    data license of every shipped source the run read (``licenses``)."""
     pool_dir = run / "pool"
     train_path, held_path, report_path = pool_dir / "train.jsonl", pool_dir / "heldout.jsonl", pool_dir / "report.json"
     if train_path.exists() and held_path.exists() and report_path.exists():
@@ -25,12 +31,31 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
         # a user's pool gets the shipped pools' check: no evaluation prompt (or a reworded one) trains
         prompts, removed = D.drop_eval_overlap(P.load_user_pool(cfg.pool.user_pool, spec=spec))
         report: dict = {"source": cfg.pool.user_pool}
+        licenses: dict = {}
     else:
-        pools = P.build_pools(jailbreak_share=cfg.pool.jailbreak_share, seed=cfg.seed, spec=spec)
+        pools = P.build_pools(jailbreak_share=cfg.pool.jailbreak_share, seed=cfg.seed, spec=spec,
+                              sources=cfg.pool.sources)
         prompts, removed = pools.prompts, pools.removed
         report = {"counts": pools.counts}
+        licenses = dict(pools.licenses)
     report.update(removed_for_eval_overlap=len(removed),
                   removed=[{**r, "matched": D.fingerprint(r["matched"])} for r in removed[:50]])
+    validation = []
+    if cfg.pool.validation_per_label:
+        # set aside before anything is drawn: no stage trains on them or a near duplicate, nor holds them back
+        val = P.validation_pool(cfg.pool.validation_per_label, seed=cfg.seed, spec=spec)
+        validation, taken = val.prompts, {p.id for p in val.prompts}
+        rest, near = D.drop_near_heldout([p for p in prompts if p.id not in taken], validation)
+        report["validation"] = {"total": len(validation), "counts": val.counts,
+                                "pool_prompts_dropped": len(prompts) - len(rest), "near_validation_dropped": near}
+        licenses.update(val.licenses)
+        for label in ("harmful", "benign"):
+            if any(p.label == label for p in prompts) and not any(p.label == label for p in rest):
+                raise CadaError(f"pool.validation_per_label {cfg.pool.validation_per_label}: the validation "
+                                f"prompts (or their near duplicates) take every {label} prompt of the pool; lower "
+                                "it or add sources")
+        prompts = rest
+    report["licenses"] = S.licenses(licenses)  # every shipped source read, in the table's order
     train, held = P.split_heldout(prompts, n_heldout_per_label=cfg.pool.heldout_per_label, seed=cfg.seed)
     # a training prompt that near-duplicates a held-back one would leak it (the pools have reworded repeats)
     train, near = D.drop_near_heldout(train, held)
@@ -64,6 +89,8 @@ def prepare_pools(cfg: AlignConfig, run: Path, spec) -> tuple[list, list, dict]:
         P.write_pool(pool_dir / "judgement.jsonl", P.extend(warm, everything, cfg.judgement_per_label, cfg.seed + 2))
     if cfg.calibration_per_label:
         P.write_pool(pool_dir / "calibration.jsonl", calibration)
+    if validation:
+        P.write_pool(pool_dir / "validation.jsonl", validation)
     P.write_pool(train_path, train)
     P.write_pool(held_path, held)
     report.update(train=len(train), heldout=len(held))
@@ -121,17 +148,22 @@ def study_pools(cfg: AlignConfig, out: Path, spec, sets: list[tuple[EvalSet, lis
 
 
 def heldout_sets(pool_dir: Path) -> list[tuple[EvalSet, list]]:
-    """The training pools' held-back prompts as two evaluation sets (``heldout-harmful``, ``heldout-benign``)."""
-    held = P.read_pool(pool_dir / "heldout.jsonl")
+    """The training pools' held-back prompts as two evaluation sets (``heldout-harmful``, ``heldout-benign``), and
+    the look-alike validation prompts as two more (``validation-harmful``, ``validation-benign``) when the pools
+    have them (``pool/validation.jsonl``): the sets to choose settings on."""
     out = []
-    for label in ("harmful", "benign"):
-        path = pool_dir / f"heldout-{label}.jsonl"
-        if not path.exists():
-            P.write_pool(path, [p for p in held if p.label == label])
-        s = EvalSet(name=f"heldout-{label}", file=str(path), kind=label)
-        items = eval_items(s)
-        if items:
-            out.append((s, items))
+    for split in ("heldout", "validation"):
+        if split == "validation" and not (pool_dir / "validation.jsonl").exists():
+            continue
+        prompts = P.read_pool(pool_dir / f"{split}.jsonl")
+        for label in ("harmful", "benign"):
+            path = pool_dir / f"{split}-{label}.jsonl"
+            if not path.exists():
+                P.write_pool(path, [p for p in prompts if p.label == label])
+            s = EvalSet(name=f"{split}-{label}", file=str(path), kind=label)
+            items = eval_items(s)
+            if items:
+                out.append((s, items))
     return out
 
 
