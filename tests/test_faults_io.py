@@ -473,3 +473,63 @@ def test_a_folder_given_for_an_input_file_says_so(tmp_path, no_model):
     for reader in (read_rows, read_records):
         with pytest.raises(CadaError, match="is a folder, give a file"):
             reader(d)
+
+
+# --- the fault census's last defects (benchmarks/fault_census.py) ---------------------------------------------
+
+def test_chat_format_pool_and_judge_cells_name_the_row(tmp_path):
+    from cada.data.pools import load_user_pool
+    from cada.judges.batch import judge_file
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"prompt": "How do I bake bread?", "label": "benign"}) + "\n"
+                    + json.dumps({"prompt": {"role": "user", "content": "hi"}, "label": "benign"}) + "\n")
+    with pytest.raises(CadaError, match=r"pool\.jsonl:2: column 'prompt' is a dict, not text"):
+        load_user_pool(pool)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"response": "No."}) + "\n"
+                       + json.dumps({"response": {"role": "assistant", "content": "No."}}) + "\n")
+    with pytest.raises(CadaError, match=r"answers\.jsonl: row 2: column 'response' is a dict, not text"):
+        judge_file(answers, tmp_path / "j.jsonl")
+    assert not (tmp_path / "j.jsonl").exists()
+
+
+def test_a_config_that_is_a_folder_or_utf16_says_so(tmp_path):
+    from cada.records import read_yaml
+
+    (tmp_path / "arm").mkdir()
+    with pytest.raises(CadaError, match=r"arm: is a folder; give a YAML config file"):
+        read_yaml(tmp_path / "arm")
+    (tmp_path / "arm.yaml").write_bytes("rounds: 1\n".encode("utf-16"))
+    with pytest.raises(CadaError, match=r"arm\.yaml: not UTF-8 text"):
+        read_yaml(tmp_path / "arm.yaml")
+
+
+def test_a_device_that_does_not_exist_is_refused_by_name():
+    import torch
+
+    from cada.models.load import pick_device
+
+    with pytest.raises(CadaError, match=r"--device 'gpu': use auto, cpu, cuda or cuda:N"):
+        pick_device("gpu")
+    assert pick_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(CadaError, match=r"--device 'cuda': no CUDA GPU is visible .*use --device cpu"):
+            pick_device("cuda")
+
+
+def test_a_model_folder_without_tokenizer_is_one_line(tmp_path, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(tmp_path / "mymodel")
+    one_error(cada("reason", "hello", "--mode", "none", "--max-new-tokens", "4", "--model", "mymodel",
+                   cwd=tmp_path), "cannot load model")
+
+
+def test_eval_with_an_unreachable_rubric_judge_exits_non_zero_and_keeps_the_records(tmp_path, tiny_model):
+    res = cada("eval", "--benchmark", "advbench", "--limit", "1", "--model", tiny_model, "--max-new-tokens", "4",
+               "--judge", "rubric", "--judge-base-url", closed_port_url(), "--judge-model", "m", "--max-retries",
+               "0", "--output", "ev", cwd=tmp_path)
+    one_error(res, "--judge rubric failed on every row of advbench")
+    rows = _lines(tmp_path / "ev" / "records.jsonl")
+    assert len(rows) == 1 and rows[0]["rubric_score"] is None and rows[0]["response"] is not None

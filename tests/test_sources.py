@@ -14,7 +14,6 @@ import shutil
 from typing import get_args
 
 import pytest
-from pydantic import ValidationError
 
 from cada import records
 from cada.config import AlignConfig, PoolConfig
@@ -35,11 +34,6 @@ NEW = {  # name: (label, rows read, id prefix)
 }
 EVAL_DATA = ("xstest", "strongreject", "advbench", "gsm8k")
 
-# a pool prompt (PoolPrompt.source) may only name a source records.Source lists: until it lists the new ones, a
-# pool of them fails to validate (a change to src/cada/records.py, outside this module's files)
-RECORDS_TAKE_NEW = set(S.SOURCES) <= set(get_args(records.Source))
-needs_new_records = pytest.mark.xfail(not RECORDS_TAKE_NEW, raises=ValidationError, strict=True,
-                                      reason="cada.records.Source does not list the new sources yet")
 
 
 # --- the table and the readers -------------------------------------------------------------------
@@ -112,8 +106,8 @@ def test_an_unknown_source_is_a_one_line_error(names, what, spec, tmp_path):
     assert not (tmp_path / "pool").exists()
 
 
-@needs_new_records
 def test_records_take_every_source():
+    assert set(S.SOURCES) <= set(get_args(records.Source))
     records.PoolPrompt(id="bt-0000", prompt="p", base_prompt="p", label="harmful", category="none",
                        source="beavertails")
 
@@ -191,23 +185,13 @@ def validated_run(small_data, spec, tmp_path_factory):
                       warmup_per_label=30, judgement_per_label=40, calibration_per_label=4)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(S, "FILES_DIR", small_data)  # what the shipped files are for prepare_pools
-        try:
-            train, held, report = prepare_pools(cfg, run, spec)
-        except ValidationError as e:  # records.Source without the new sources: the tests below xfail on it
-            return e
+        train, held, report = prepare_pools(cfg, run, spec)
         everything = P.build_pools(spec=spec, sources=TRAIN_SOURCES, seed=cfg.seed)
     return {"run": run, "train": train, "held": held, "report": report, "everything": everything}
 
 
-def _run(validated_run):
-    if isinstance(validated_run, ValidationError):
-        raise validated_run
-    return validated_run
-
-
-@needs_new_records
 def test_validation_prompts_are_held_back_from_every_stage(validated_run):
-    r = _run(validated_run)
+    r = validated_run
     pool = r["run"] / "pool"
     validation = P.read_pool(pool / "validation.jsonl")
     assert sorted((p.source, p.label) for p in validation) == sorted(
@@ -237,9 +221,8 @@ def test_validation_prompts_are_held_back_from_every_stage(validated_run):
     assert {p.source for p in staged["train"]} >= {"or_bench_toxic", "or_bench_80k"}
 
 
-@needs_new_records
 def test_heldout_sets_include_the_validation_sets(validated_run, small_data, spec, tmp_path):
-    r = _run(validated_run)
+    r = validated_run
     sets = heldout_sets(r["run"] / "pool")
     assert [s.name for s, _ in sets] == ["heldout-harmful", "heldout-benign", "validation-harmful",
                                          "validation-benign"]
@@ -256,9 +239,8 @@ def test_heldout_sets_include_the_validation_sets(validated_run, small_data, spe
     assert [s.name for s, _ in heldout_sets(tmp_path / "pool")] == ["heldout-harmful", "heldout-benign"]
 
 
-@needs_new_records
 def test_the_report_lists_the_licenses_of_the_sources_used(validated_run):
-    r = _run(validated_run)
+    r = validated_run
     report = json.loads((r["run"] / "pool" / "report.json").read_text())
     assert report["licenses"] == {"do_not_answer": "Apache-2.0", "coconot_contrast": "MIT", "catqa": "Apache-2.0",
                                   "or_bench_toxic": "CC-BY-4.0", "or_bench_80k": "CC-BY-4.0",
@@ -277,7 +259,6 @@ def test_the_default_report_lists_the_five_licenses(small_data, spec, tmp_path):
     assert "validation" not in report and not (tmp_path / "pool" / "validation.jsonl").exists()
 
 
-@needs_new_records
 def test_validation_beside_the_default_sources(small_data, spec, tmp_path):
     """The validation sources are read for the validation prompts only: none of them trains, their licenses are
     listed, and a default pool prompt that near-duplicates one is dropped."""
@@ -293,7 +274,6 @@ def test_validation_beside_the_default_sources(small_data, spec, tmp_path):
     assert {p.source for p in train + held} <= set(S.DEFAULT_SOURCES)
 
 
-@needs_new_records
 def test_validation_that_takes_a_whole_label_is_an_error(small_data, spec, tmp_path):
     cfg = AlignConfig(pool=PoolConfig(sources=["or_bench_toxic", "alpaca"], validation_per_label=40))
     with pytest.MonkeyPatch.context() as mp:

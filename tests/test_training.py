@@ -681,6 +681,18 @@ def test_an_empty_training_file_is_a_clear_error(tmp_path):
         train("tiny-random", empty, tmp_path / "run", TrainConfig(method="dpo"))
 
 
+def test_a_max_length_below_every_example_is_named_before_training(tmp_path, tiny_model, spec):
+    from cada.config import TrainConfig
+    from cada.train import train
+
+    records = [rec("a", "harmful", 0, "comply", -1.0), rec("a", "harmful", 1, "refuse", 1.0)]
+    rows = dpo_pairs(records, spec)[0]
+    with pytest.raises(CadaError, match=r"every one of the 1 training examples is longer than max_length=4 "
+                                        r"tokens: raise --max-length"):
+        train(tiny_model, rows, tmp_path / "run", TrainConfig(method="dpo", max_length=4, report_to="none"))
+    assert not (tmp_path / "run" / "trainer" / "cada_fingerprint.txt").exists()
+
+
 def test_training_args_use_the_current_checkpointing_option(tmp_path):
     import warnings
 

@@ -40,7 +40,8 @@ from pydantic import BaseModel, ConfigDict
 from cada.errors import CadaError
 
 Label = Literal["harmful", "benign"]
-Source = Literal["do_not_answer", "hh_rlhf", "ifeval", "coconot_contrast", "coconot_pref", "user"]
+Source = Literal["do_not_answer", "coconot_contrast", "coconot_pref", "ifeval", "beavertails", "catqa", "harmfulqa",
+                 "safety_tuned_llamas", "or_bench_toxic", "or_bench_80k", "alpaca", "hh_rlhf", "user"]
 Message = dict[str, str]
 
 
@@ -431,7 +432,11 @@ def read_yaml(path) -> object:
     import yaml
 
     try:
-        return yaml.safe_load(Path(path).read_text()) or {}
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except IsADirectoryError:
+        raise CadaError(f"{path}: is a folder; give a YAML config file") from None
+    except UnicodeDecodeError:
+        raise CadaError(f"{path}: not UTF-8 text (saved as UTF-16? re-save it as UTF-8)") from None
     except FileNotFoundError:
         moved = Path(*["recipes" if part == "configs" else part for part in Path(path).parts])
         hint = f" (the shipped configs moved to recipes/: use {moved})" if moved.is_file() else ""

@@ -191,6 +191,9 @@ def train(model: str, data, output: str | Path, config: TrainConfig = TrainConfi
         # TRL loads the policy from its path once its config exists, so DeepSpeed ZeRO-3 and FSDP can shard it
         # while loading instead of every rank holding a whole copy first
         trainer = _trainer(config, source, tokenizer, dataset, args, reward_funcs, trust_remote_code)
+        if len(trainer.train_dataset) == 0:  # TRL dropped every example longer than max_length
+            raise CadaError(f"every one of the {len(dataset)} training examples is longer than max_length="
+                            f"{config.max_length} tokens: raise --max-length (or max_length in the config)")
         if config.top_layers and config.lora_r <= 0:
             _freeze_below(trainer.model, config.top_layers)  # before train() builds the optimizer
         _quiet_progress(trainer, output)

@@ -139,6 +139,12 @@ def eval_cmd(
         if "by_attack" in m:
             out.print(_metrics_table(m["by_attack"], f"{name}: by attack"))
     out.print(f"wrote {output}", markup=False, highlight=False)
+    # as `cada judge`: a rubric judge that scored nothing is an error (the records are kept, rubric_score null)
+    dead = [name for name, m in results.items() if m.get("n") and m.get("rubric_failed") == m["n"]]
+    if dead:
+        raise CadaError(f"--judge rubric failed on every row of {', '.join(dead)} (rubric_score null in "
+                        f"{output}); check --judge-base-url, --judge-model and the server, then evaluate into a "
+                        "new folder")
 
 
 def _print_summary(summary: dict, output: Path) -> None:

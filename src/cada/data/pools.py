@@ -291,6 +291,10 @@ def _field(where: str, row: Any, column: str) -> str:
     if column not in row:
         raise CadaError(f"{where}: missing column {column!r}")
     value = row[column]
+    if isinstance(value, (bool, dict, list)):
+        # a chat-format pool (messages as objects) would otherwise become the text of a Python dict
+        raise CadaError(f"{where}: column {column!r} is a {type(value).__name__}, not text; a prompt must be a "
+                        "string")
     return "" if value is None else str(value).strip()
 
 

@@ -21,7 +21,14 @@ JUDGES = ("refusal", "rubric")
 
 
 def _texts(rows: list[dict], col: str | None, path: Path) -> list[str] | None:
-    return None if col is None else ["" if v is None else str(v) for v in column(rows, col, path)]
+    if col is None:
+        return None
+    values = column(rows, col, path)
+    for i, v in enumerate(values, 1):
+        if v is not None and not isinstance(v, (str, int, float)):
+            raise CadaError(f"{path}: row {i}: column {col!r} is a {type(v).__name__}, not text (give the "
+                            "message's content)")
+    return ["" if v is None else str(v) for v in values]
 
 
 def _responses(rows: list[dict], col: str, path: Path, final_only: bool) -> list[str]:

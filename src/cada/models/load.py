@@ -234,6 +234,13 @@ def pick_device(device: str | None = None) -> str:
     import torch
 
     if device and device != "auto":
+        try:
+            kind = torch.device(device).type
+        except RuntimeError:
+            raise CadaError(f"--device {device!r}: use auto, cpu, cuda or cuda:N") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise CadaError(f"--device {device!r}: no CUDA GPU is visible to this torch build "
+                            f"({torch.__version__}); use --device cpu")
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -283,7 +290,7 @@ def _load_cached(source: str, device: str, dtype_name: str | None, trust_remote_
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=_dtype(dtype_name, device),
                                                      trust_remote_code=trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: e.g. a folder with weights but no tokenizer files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CadaError(f"cannot load model {source!r}: {first}") from None
     if tokenizer.pad_token is None:
