@@ -530,6 +530,6 @@ def test_eval_with_an_unreachable_rubric_judge_exits_non_zero_and_keeps_the_reco
     res = cada("eval", "--benchmark", "advbench", "--limit", "1", "--model", tiny_model, "--max-new-tokens", "4",
                "--judge", "rubric", "--judge-base-url", closed_port_url(), "--judge-model", "m", "--max-retries",
                "0", "--output", "ev", cwd=tmp_path)
-    one_error(res, "--judge rubric failed on every row of advbench")
+    assert "127.0.0.1" in one_error(res, "--judge rubric failed on every row of advbench (first: judge failed: ")
     rows = _lines(tmp_path / "ev" / "records.jsonl")
     assert len(rows) == 1 and rows[0]["rubric_score"] is None and rows[0]["response"] is not None

@@ -140,11 +140,15 @@ def eval_cmd(
             out.print(_metrics_table(m["by_attack"], f"{name}: by attack"))
     out.print(f"wrote {output}", markup=False, highlight=False)
     # as `cada judge`: a rubric judge that scored nothing is an error (the records are kept, rubric_score null)
-    dead = [name for name, m in results.items() if m.get("n") and m.get("rubric_failed") == m["n"]]
+    dead = [es for es in sets if (m := results.get(es.name, {})).get("n") and m.get("rubric_failed") == m["n"]]
     if dead:
-        raise CadaError(f"--judge rubric failed on every row of {', '.join(dead)} (rubric_score null in "
-                        f"{output}); check --judge-base-url, --judge-model and the server, then evaluate into a "
-                        "new folder")
+        from cada.records import read_records
+
+        first = next((r["rubric"].get("error") for r in read_records(folder_of(dead[0]) / "records.jsonl")
+                      if (r.get("rubric") or {}).get("error")), None)
+        raise CadaError(f"--judge rubric failed on every row of {', '.join(es.name for es in dead)} (first: "
+                        f"{' '.join(str(first).split())[:200]}; rubric_score null in {output}); check "
+                        "--judge-base-url, --judge-model and the server, then evaluate into a new folder")
 
 
 def _print_summary(summary: dict, output: Path) -> None:

@@ -26,8 +26,8 @@ def _texts(rows: list[dict], col: str | None, path: Path) -> list[str] | None:
     values = column(rows, col, path)
     for i, v in enumerate(values, 1):
         if v is not None and not isinstance(v, (str, int, float)):
-            raise CadaError(f"{path}: row {i}: column {col!r} is a {type(v).__name__}, not text (give the "
-                            "message's content)")
+            raise CadaError(f"{path}: row {i}: column {col!r} is a {type(v).__name__}, not text; a response "
+                            "must be a string (give the message's content)")
     return ["" if v is None else str(v) for v in values]
 
 
