@@ -48,22 +48,34 @@ def test_every_flag_of_align_and_generate_has_its_settings_help_and_no_default()
         assert all(f.description for f in cls.model_fields.values() if not isinstance(f.default, Recipe.__base__)), cls
 
 
-def test_a_study_folder_of_the_previous_layout_stays_resumable():
-    """A ``config.yaml`` the 0.1 code wrote for ``cada demo``: it validates and equals today's preset, so the
-    folder resumes instead of being refused as another config."""
+def test_a_study_folder_from_before_the_rl_arms_is_refused_by_name(tmp_path):
+    """A ``config.yaml`` the 0.1 code wrote for ``cada demo`` still validates, but its arms ``cada`` and ``da``
+    were DPO recipes then: resuming it would read their finished stages as the RL and SFT arms', so the folder is
+    refused with one line, and a config of today passes."""
     import yaml
 
+    from cada.config import check_layout
+
     old = StudyConfig.model_validate(yaml.safe_load((FIXTURES / "demo-config-0.1.yaml").read_text()))
-    assert old == demo_config() and load_study("demo") == demo_config()
-    arm = old.arm_config("cada")
-    assert isinstance(arm, AlignConfig) and arm.arm == "cada" and arm.generation == old.generation
+    assert old.arms == ["cada", "da"] and load_study("demo") == demo_config()
+    (tmp_path / "config.yaml").write_text((FIXTURES / "demo-config-0.1.yaml").read_text())
+    with pytest.raises(CadaError, match=r"config\.yaml: written before CADA became online RL, when arm\(s\) "
+                                        r"cada, da meant DPO recipes .*use a new --output"):
+        check_layout(tmp_path / "config.yaml")
+    (tmp_path / "config.yaml").write_text(demo_config().to_yaml())
+    check_layout(tmp_path / "config.yaml")
     assert old.arm_config("sft-dr").calibration_per_label is None
+    with pytest.raises(ValueError, match="arm 'sft-sc' is now da"):
+        AlignConfig(arm="sft-sc")
 
 
-def test_the_arms_table_names_mode_and_method():
-    assert {a: (ARMS[a].mode, ARMS[a].method) for a in ARMS} == {
-        "cada": ("cases", "dpo"), "da": ("codes", "dpo"), "sft-dr": ("none", "sft"), "sft-sc": ("codes", "sft"),
-        "sft-cr": ("cases", "sft")}
+def test_the_arms_table_names_mode_method_and_data():
+    assert {a: (ARMS[a].mode, ARMS[a].method, ARMS[a].data or ARMS[a].placement) for a in ARMS} == {
+        "cada": ("cases", "rl", "distilled"), "cada-in-prompt": ("cases", "rl", "in_prompt"),
+        "dpo-cr": ("cases", "dpo", "cr"), "sft-cr": ("cases", "sft", "cr"), "sft-dr": ("none", "sft", "dr"),
+        "da": ("codes", "sft", "sc"), "staged": ("cases", "dpo", "best-worst")}
+    assert [a for a in ARMS if ARMS[a].staged] == ["staged"]
+    assert [a for a in ARMS if ARMS[a].online] == ["cada", "cada-in-prompt"]
 
 
 def test_an_old_configs_path_says_where_the_recipe_went(monkeypatch):

@@ -424,7 +424,7 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model, capsys):
         for h, b in zip(harmful, benign):
             w.writerow({"prompt": h, "label": "harmful"})
             w.writerow({"prompt": b, "label": "benign"})
-    cfg = AlignConfig(arm="cada", model=tiny_model, pool=PoolConfig(user_pool=str(pool), heldout_per_label=2,
+    cfg = AlignConfig(arm="staged", model=tiny_model, pool=PoolConfig(user_pool=str(pool), heldout_per_label=2,
                                                                     limit_per_label=2),
                       warmup_per_label=3, judgement_per_label=4, calibration_per_label=4,
                       generation=GenConfig(n=2, max_new_tokens=6, k=2),
@@ -575,7 +575,7 @@ def test_later_rounds_generate_locally_even_with_a_server_configured(tmp_path, t
                         ["Suggest a name for a cat", "Write a haiku about rain", "Explain photosynthesis simply"]):
             w.writerow({"prompt": h, "label": "harmful"})
             w.writerow({"prompt": b, "label": "benign"})
-    cfg = AlignConfig(arm="cada", model=tiny_model, rounds=2, warmup=False, judgement=False,
+    cfg = AlignConfig(arm="staged", model=tiny_model, rounds=2, warmup=False, judgement=False,
                       pool=PoolConfig(user_pool=str(pool), heldout_per_label=1),
                       generation=GenConfig(n=2, max_new_tokens=6, k=2),
                       train=TrainCfg(batch_size=4, lora_r=4, max_length=256))
@@ -743,12 +743,16 @@ def test_bf16_autocast_on_the_cpu_keeps_float32_weights_and_changes_the_numerics
 def test_settings_an_arm_never_reads_are_named():
     from cada.config import AlignConfig
 
-    cfg = AlignConfig.from_yaml(Path(__file__).parents[1] / "recipes/align-cada.yaml")
+    cfg = AlignConfig.from_yaml(Path(__file__).parents[1] / "recipes/align-staged.yaml")
     assert cfg.unused_settings() == []  # the shipped config uses everything it sets
+    assert AlignConfig.from_yaml(Path(__file__).parents[1] / "recipes/align-cada.yaml").unused_settings() == []
     sft = cfg.model_copy(update={"arm": "sft-dr", "calibration_per_label": None})
-    assert sft.unused_settings() == ["warmup", "judgement", "consistency", "warmup_per_label",
-                                     "judgement_per_label"]
+    # settings left at their defaults are not named: only what this config gave
+    assert sft.unused_settings() == ["consistency", "warmup_per_label", "judgement_per_label"]
+    rl = cfg.model_copy(update={"arm": "cada", "calibration_per_label": None})
+    assert rl.unused_settings() == ["consistency", "warmup_per_label", "judgement_per_label"]
+    assert AlignConfig(arm="da", rl={"prompts": "mixed"}).unused_settings() == ["rl"]
     assert cfg.model_copy(update={"warmup": False}).unused_settings() == [
         "warmup_per_label", "judgement", "judgement_per_label"]
     assert cfg.model_copy(update={"judgement": False}).unused_settings() == ["judgement_per_label"]
-    assert AlignConfig(arm="sft-sc", warmup=False, judgement=False).unused_settings() == []
+    assert AlignConfig(arm="da", warmup=False, judgement=False).unused_settings() == []

@@ -32,29 +32,42 @@ RECIPES_DIR = Path(__file__).with_name("recipes")  # the presets shipped inside 
 
 @dataclass(frozen=True)
 class Arm:
-    """One trained arm: the reasoning mode its chains are grounded in, its training method and, for the SFT arms,
-    which set it trains on (``datasets.sft_set``)."""
+    """One trained arm (the paper's section 4 names): the reasoning mode its chains or its sampling prompt are
+    grounded in, its training method, and what it trains on."""
 
     name: str
     label: str        # the paper's name
     mode: str         # none | codes | cases
-    method: str       # dpo | sft
-    sft_set: str | None = None
+    method: str       # rl | dpo | sft
+    data: str | None = None       # sft: dr | sc | cr (datasets.sft_set); dpo: cr (dpo_cr_pairs) | best-worst
+    placement: str | None = None  # rl: distilled | in_prompt (where the spec sits, cada.rl)
 
     @property
-    def preference(self) -> bool:
-        """A DPO arm: the judgement stage, warm-up and calibration pass are its stages."""
-        return self.method == "dpo"
+    def staged(self) -> bool:
+        """The staged DPO recipe (judgement stage, warm-up, DPO on best-vs-worst pairs, calibration pass)."""
+        return self.data == "best-worst"
+
+    @property
+    def online(self) -> bool:
+        """An RL arm: it samples its own chains while training, so it has no self-generation stage."""
+        return self.method == "rl"
 
 
 ARMS: dict[str, Arm] = {a.name: a for a in (
-    Arm("cada", "CADA", "cases", "dpo"),
-    Arm("da", "Rules-only DA", "codes", "dpo"),
-    Arm("sft-dr", "SFT w DR", "none", "sft", "dr"),
-    Arm("sft-sc", "SFT w Sc", "codes", "sft", "sc"),
+    Arm("cada", "CADA", "cases", "rl", placement="distilled"),
+    Arm("cada-in-prompt", "CADA (spec in prompt)", "cases", "rl", placement="in_prompt"),
+    Arm("dpo-cr", "DPO w CR", "cases", "dpo", "cr"),
     Arm("sft-cr", "SFT w CR", "cases", "sft", "cr"),
+    Arm("sft-dr", "SFT w DR", "none", "sft", "dr"),
+    Arm("da", "Rules-only DA (SFT w Sc)", "codes", "sft", "sc"),
+    Arm("staged", "Staged DPO", "cases", "dpo", "best-worst"),
 )}
-ArmName = Literal["cada", "da", "sft-dr", "sft-sc", "sft-cr"]
+#: arms earlier versions named otherwise: a config naming one gets a one-line error naming the new arm
+#: the settings only the staged recipe reads
+STAGED_SETTINGS = ("warmup", "judgement", "consistency", "precedent_fallback", "warmup_per_label",
+                   "judgement_per_label", "judgement_model", "calibration_per_label")
+RENAMED_ARMS = {"sft-sc": "da (the paper's rules-only DA is SFT on codes-grounded chains)"}
+ArmName = Literal["cada", "cada-in-prompt", "dpo-cr", "sft-cr", "sft-dr", "da", "staged"]
 ModeName = Literal["none", "codes", "cases"]
 MODE_LABELS = {"none": "w/o SR", "codes": "SR w S (codes)", "cases": "SR w C (cases)"}
 DEFAULT_MODEL = "smollm2-135m"
@@ -244,6 +257,31 @@ def stage(section: StageTraining, method: str, seed: int) -> TrainConfig:
     return TrainConfig(**section.model_dump(), method=method, seed=seed)
 
 
+class RLSettings(Settings):
+    """The CADA arms' online RL (:mod:`cada.rl`): the prompts it samples on and the prompt it samples from. Its
+    training hyper-parameters are the recipe's ``rl_train`` section."""
+
+    prompts: Literal["harmful", "mixed"] = Field("harmful", description="harmful (the paper's: the pool's "
+                                                 "harmful prompts) | mixed (its benign ones too: helping "
+                                                 "rewarded, refusing penalised).")
+    k: int = Field(3, ge=0, description="Precedents in the sampling prompt, nearest the request (0 = all).")
+    hint: bool = Field(True, description="The precedents of the request's hazard category first (the paper's "
+                       "hint h).")
+    reward: Literal["format", "rubric"] = Field("format", description="r_judge for a refusal: format (the "
+                                                "paper's: 1 with reasoning, 0 without) | rubric (a judge LLM "
+                                                "scores the reasoning against the hazard category, over "
+                                                "judge_base_url).")
+    judge_base_url: str | None = Field(None, description="reward rubric: OpenAI-compatible server of the judge "
+                                       "(key: $CADA_JUDGE_API_KEY, else $CADA_API_KEY).")
+    judge_model: str | None = Field(None, description="reward rubric: the judge's model name on that server.")
+
+    @model_validator(mode="after")
+    def _judge(self):
+        if self.reward == "rubric" and not (self.judge_base_url and self.judge_model):
+            raise ValueError("reward rubric needs judge_base_url and judge_model")
+        return self
+
+
 # --- one arm, and what a study shares with it -----------------------------------------------------------
 
 class Recipe(Settings):
@@ -256,7 +294,8 @@ class Recipe(Settings):
                                  "locally (round 1; later rounds use the trained policy).")
     seed: int = Field(0, description="Random seed of every draw, sample and training run.")
     rounds: int = Field(1, ge=1, description="Regenerate with the trained policy and train again.")
-    warmup: bool = Field(True, description="SFT warm-up on precedent-grounded chains before DPO.")
+    warmup: bool = Field(True, description="Staged arm: SFT warm-up on precedent-grounded chains before "
+                         "DPO.")
     # a floor: without pool.limit_per_label the self-generation pool is the whole pool; harmful warm-up prompts
     # cost nothing (precedent-grounded refusals), benign ones one direct answer from the policy
     warmup_per_label: int | None = Field(None, ge=1, description="Warm-up prompts per label: the self-generation "
@@ -264,19 +303,19 @@ class Recipe(Settings):
                                          "(default: the self-generation prompts alone).")
     # in a warm-up example the decision is one token among a hundred, and a small policy learns it far better on
     # its own (docs/training.md); each prompt costs one short training example, no generation
-    judgement: bool = Field(True, description="Before the warm-up, SFT on the judgement line alone (\"This "
+    judgement: bool = Field(True, description="Staged arm: before the warm-up, SFT on the judgement line alone (\"This "
                             "request is harmful.\" / \"... benign.\").")
     judgement_per_label: int | None = Field(None, ge=1, description="Judgement-stage prompts per label from the "
                                             "whole training pool, always including the warm-up prompts "
                                             "(default: just those).")
-    precedent_fallback: bool = Field(True, description="DPO: a harmful prompt whose samples all comply gets a "
+    precedent_fallback: bool = Field(True, description="Staged arm: a harmful prompt whose samples all comply gets a "
                                      "marked precedent-grounded refusal as chosen.")
     # the answer learns to follow the decision: the benign refusals left after the warm-up were answers that
     # contradict a "benign" analysis (docs/training.md)
-    consistency: bool = Field(False, description="DPO twins: the chosen analysis with the wrong answer.")
+    consistency: bool = Field(False, description="Staged arm: DPO twins, the chosen analysis with the wrong answer.")
     # one epoch each at a low learning rate, on prompts set aside before any other stage draws: moves the line
     # towards "benign" on look-alikes; whole rows keep the answer going after the judgement line (docs/training.md)
-    calibration_per_label: int | None = Field(None, ge=2, description="DPO arms: after DPO, a last pass on this "
+    calibration_per_label: int | None = Field(None, ge=2, description="Staged arm: after DPO, a last pass on this "
                                               "many fresh benign prompts and half as many harmful ones "
                                               "(judgement lines and whole warm-up rows; off by default).")
     pool: PoolConfig = PoolConfig()
@@ -285,12 +324,16 @@ class Recipe(Settings):
     warmup_train: StageTraining = StageTraining(epochs=1.0)
     judgement_train: StageTraining = StageTraining(learning_rate=5e-5, epochs=2.0, lora_r=0, max_length=320)
     calibration_train: StageTraining = StageTraining(learning_rate=1e-5, epochs=1.0, lora_r=0, max_length=1024)
+    rl: RLSettings = RLSettings()
+    # CPU-sized for the embedded model (docs/training.md says what each was chosen on); the paper's beta_KL is 0.01
+    rl_train: StageTraining = StageTraining(learning_rate=5e-5, beta=0.01, batch_size=8, num_generations=4,
+                                            max_completion_length=128, baseline="running")
 
     @model_validator(mode="after")
     def _merged(self):
         # an arm's stages train on from each other and every command takes the result as --model, so they keep
         # merged models (the LoRA adapter is saved beside them); adapter-only output is `cada train --no-merge`
-        for name in ("train", "warmup_train", "judgement_train", "calibration_train"):
+        for name in ("train", "warmup_train", "judgement_train", "calibration_train", "rl_train"):
             if not getattr(self, name).merge:
                 raise ValueError(f"{name}.merge: an arm keeps merged models (its adapter is saved beside); for "
                                  "an adapter alone use `cada train --no-merge`")
@@ -300,26 +343,38 @@ class Recipe(Settings):
 class AlignConfig(Recipe):
     """Everything one arm's run depends on; saved as ``config.yaml`` in the run folder."""
 
-    arm: ArmName = Field("cada", description="cada | da | sft-dr | sft-sc | sft-cr.")
-    judgement_model: str | None = Field(None, description="A finished judgement stage to start the warm-up from "
-                                        "(a study shares one).")
+    arm: ArmName = Field("cada", description=" | ".join(ARMS) + ".")
+    judgement_model: str | None = Field(None, description="Staged arm: a finished judgement stage to start the "
+                                        "warm-up from (a study shares one).")
+
+    @field_validator("arm", mode="before")
+    @classmethod
+    def _renamed(cls, v):
+        if v in RENAMED_ARMS:
+            raise ValueError(f"arm {v!r} is now {RENAMED_ARMS[v]}")
+        return v
 
     @property
     def spec_arm(self) -> Arm:
         return ARMS[self.arm]
 
     def unused_settings(self) -> list[str]:
-        """Settings given a value that this arm's stages never read (a shared config file run with another
-        ``--arm``, or a stage switched off while its sizes are set); ``align`` says so rather than fail."""
+        """Settings given a value of their own that this arm's stages never read (a shared config file run with
+        another ``--arm``, or a stage switched off while its sizes are set); ``align`` says so rather than fail."""
+        def given(k: str) -> bool:
+            value = getattr(self, k)
+            return bool(value) and value != type(self).model_fields[k].default
+
         out = []
-        if not self.spec_arm.preference:  # the SFT arms train once on their own set
-            out += [k for k in ("warmup", "judgement", "consistency", "warmup_per_label", "judgement_per_label",
-                                "judgement_model") if getattr(self, k)]
+        if not self.spec_arm.staged:  # only the staged recipe has a judgement stage, warm-up and calibration
+            out += [k for k in STAGED_SETTINGS if given(k)]
         elif not self.warmup:  # the judgement stage runs before the warm-up, so it goes with it
             out += [k for k in ("warmup_per_label", "judgement", "judgement_per_label", "judgement_model")
                     if getattr(self, k)]
         elif not self.judgement:
             out += [k for k in ("judgement_per_label", "judgement_model") if getattr(self, k)]
+        if not self.spec_arm.online:
+            out += [k for k in ("rl", "rl_train") if getattr(self, k) != type(self).model_fields[k].default]
         return out
 
     @classmethod
@@ -410,20 +465,43 @@ class StudyConfig(Recipe):
 
     name: str = Field("study", description="The study's name (default folder runs/<name>).")
     base_modes: list[ModeName] = Field(["none", "codes", "cases"], description="The base model's reasoning modes.")
-    arms: list[ArmName] = Field(["cada", "da"], description="The arms to train.")
+    arms: list[ArmName] = Field(["cada", "dpo-cr", "sft-cr", "da"], description="The arms to train: "
+                                + ", ".join(ARMS) + ".")
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _renamed(cls, v):
+        for a in v if isinstance(v, list) else []:
+            if a in RENAMED_ARMS:
+                raise ValueError(f"arm {a!r} is now {RENAMED_ARMS[a]}")
+        return v
     eval: EvalConfig = EvalConfig()
 
     @property
     def shared_judgement(self) -> bool:
-        """Whether the study trains one judgement stage for its DPO arms' warm-ups."""
-        return self.warmup and self.judgement and any(ARMS[a].preference for a in self.arms)
+        """Whether the study trains one judgement stage for its staged arm's warm-up."""
+        return self.warmup and self.judgement and any(ARMS[a].staged for a in self.arms)
 
     def arm_config(self, arm: str, judgement_model: str | None = None) -> AlignConfig:
-        """One arm's config: the shared recipe, with the calibration pass only where the arm has a DPO step."""
+        """One arm's config: the shared recipe, with the calibration pass only for the staged arm."""
         shared = self.model_dump(include=set(Recipe.model_fields))
-        if not ARMS[arm].preference:
+        if not ARMS[arm].staged:
             shared["calibration_per_label"] = None
         return AlignConfig(**shared, arm=arm, judgement_model=judgement_model)
+
+
+def check_layout(saved: Path) -> None:
+    """Refuse a run or study folder whose ``config.yaml`` predates the RL arms (it has no ``rl_train``) where it
+    names an arm whose meaning changed: its finished stages would be read as the new arm's."""
+    raw = read_yaml(saved)
+    if not isinstance(raw, dict) or "rl_train" in raw:
+        return
+    arms = raw.get("arms") if "arms" in raw else [raw.get("arm", "cada")]
+    changed = [a for a in arms or [] if a in ("cada", "da", "sft-sc")]
+    if changed:
+        raise CadaError(f"{saved}: written before CADA became online RL, when arm(s) {', '.join(changed)} meant "
+                        "DPO recipes (now arm 'staged'; 'da' is SFT on codes-grounded chains): use a new "
+                        "--output (the old models stay where they are)")
 
 
 def demo_config(model: str = DEFAULT_MODEL) -> StudyConfig:

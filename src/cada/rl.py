@@ -26,6 +26,8 @@ What the subclass adds (:class:`CadaRLTrainer`), each in the smallest method tha
 
 from __future__ import annotations
 
+import time
+
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from trl import GRPOTrainer
@@ -71,10 +73,13 @@ class CadaRLTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         self._contexts = [x["context_prompt"] for x in inputs] if "context_prompt" in inputs[0] else None
+        t0 = time.perf_counter()
         try:
             out = super()._generate_and_score_completions(inputs)
         finally:
             self._contexts = None
+        # sampling, the reward and the reference's log-probabilities; step_time minus this is the update
+        self._metrics["train" if self.model.training else "eval"]["sample_seconds"].append(time.perf_counter() - t0)
         if self.baseline == "running" and self.model.training:
             out["advantages"] = self._running_advantages(len(inputs))
         return out

@@ -68,7 +68,9 @@ def generate_cmd(
 def pairs_cmd(
     records: Annotated[Path, typer.Option("--records", help="Records JSONL from `cada generate`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Training set JSONL.")],
-    kind: Annotated[str, typer.Option("--kind", help="dpo | sft-dr | sft-sc | sft-cr.")] = "dpo",
+    kind: Annotated[str, typer.Option("--kind", help="dpo (best vs worst sample, the staged "
+                                      "arm's) | dpo-cr (the case-augmented output vs the direct refusal) | sft-dr | "
+                                      "sft-sc | sft-cr.")] = "dpo",
     spec: SpecOpt = None,
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="DPO: skip prompts without a good own "
                                               "sample instead of writing a precedent-grounded chain.")] = False,
@@ -76,13 +78,13 @@ def pairs_cmd(
                                               help=describe(Recipe, "consistency"))] = False,
 ) -> None:
     """Build context-distilled DPO pairs or an SFT set from self-generated records."""
-    from cada.datasets import dpo_pairs, sft_set
+    from cada.datasets import dpo_cr_pairs, dpo_pairs, sft_set
     from cada.records import check_input, check_writable, read_records, require, write_records
     from cada.spec.schema import load_spec
 
     check_input(records, "--records", "records file")
-    if kind not in ("dpo", "sft-dr", "sft-sc", "sft-cr"):
-        raise CadaError(f"--kind {kind!r}: use dpo, sft-dr, sft-sc or sft-cr")
+    if kind not in ("dpo", "dpo-cr", "sft-dr", "sft-sc", "sft-cr"):
+        raise CadaError(f"--kind {kind!r}: use dpo, dpo-cr, sft-dr, sft-sc or sft-cr")
     check_writable(output, folder=False)
     s = load_spec(spec)
     recs = read_records(records)
@@ -91,6 +93,8 @@ def pairs_cmd(
     require(recs, "chain", records)
     if kind == "dpo":
         rows, stats = dpo_pairs(recs, s, precedent_fallback=not no_fallback, consistency=consistency)
+    elif kind == "dpo-cr":
+        rows, stats = dpo_cr_pairs(recs, s)
     else:
         rows, stats = sft_set(recs, s, kind.split("-")[1])
     write_records(output, rows)

@@ -2,12 +2,13 @@
 
     pool           pool/                    train and held-back prompts (pipeline.pools)
     per round i:
-    self-generation round-i/records.jsonl  N judged chains per prompt, grounded in the arm's mode (selfgen)
-    judgement       round-i/judgement/      DPO arms: SFT on the decision line alone (unless a study shares one)
-    warm-up         round-i/warmup/         DPO arms, round 1: SFT on grounded refusals and own benign answers
-    training set    round-i/pairs.jsonl     DPO pairs, or the SFT arm's set (sft.jsonl) (datasets)
-    training        round-i/train/          DPO or SFT with TRL (train)
-    calibration     calibration/            DPO arms, optional: decision lines, then whole rows, on fresh prompts
+    self-generation round-i/records.jsonl  offline arms: N judged chains per prompt, grounded in the arm's mode
+    judgement       round-i/judgement/      staged arm: SFT on the decision line alone (unless a study shares one)
+    warm-up         round-i/warmup/         staged arm, round 1: SFT on grounded refusals and own benign answers
+    training set    round-i/pairs.jsonl     DPO pairs, the SFT arm's set (sft.jsonl), or the RL arm's prompts
+                                            with the spec they are sampled from (rl.jsonl) (datasets)
+    training        round-i/train/          RL, DPO or SFT with TRL (train; the RL arm samples its own chains here)
+    calibration     calibration/            staged arm, optional: decision lines, then whole rows, on fresh prompts
 
 ``summary.json`` is written once the last stage is done. Arms: :data:`cada.config.ARMS`.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cada.config import ARMS, AlignConfig, SelfGenConfig, stage
+from cada.config import ARMS, AlignConfig, SelfGenConfig, check_layout, stage
 from cada.errors import CadaError
 from cada.pipeline.pools import judgement_prompts, prepare_pools
 from cada.pipeline.stages import Ledger, Stage, StageLog, check_server, run_stage, training_outputs
@@ -51,11 +52,11 @@ class ArmRun:
     def drop_generator(self) -> None:
         self._gen = None  # its model need not sit in memory while training
 
-    def train(self, start: str, data, folder: Path, section, method: str = "sft") -> dict:
+    def train(self, start: str, data, folder: Path, section, method: str = "sft", reward_funcs=None) -> dict:
         from cada.train import train
 
         self.drop_generator()
-        train(start, data, folder, stage(section, method, self.cfg.seed))
+        train(start, data, folder, stage(section, method, self.cfg.seed), reward_funcs=reward_funcs)
         return {}
 
     def step(self, st: Stage) -> bool:
@@ -148,22 +149,40 @@ def answered(path: Path, prompts: list) -> bool:
     return all(p.id in have for p in prompts)
 
 
-def dataset_stage(r: ArmRun, rnd: int, policy: str) -> Stage:
-    """The round's training set from its records: DPO pairs, or the SFT arm's set; its counts in dataset.json.
-    Quiet: it takes seconds, and the training stage's line names its size."""
-    from cada.datasets import dpo_pairs, fit_length, sft_set
+DATA_FILES = {"rl": "rl.jsonl", "dpo": "pairs.jsonl", "sft": "sft.jsonl"}
+
+
+def rl_prompts(cfg: AlignConfig, prompts: list) -> list:
+    """The pool prompts the RL arm samples on: the harmful ones (the paper's), or all of them (``rl.prompts``
+    mixed)."""
+    return prompts if cfg.rl.prompts == "mixed" else [p for p in prompts if p.label == "harmful"]
+
+
+def dataset_stage(r: ArmRun, rnd: int, policy: str, prompts: list) -> Stage:
+    """The round's training set: DPO pairs or the SFT arm's set from its records, or the RL arm's prompts with
+    the spec they are sampled from; its counts in dataset.json. Quiet: it takes seconds, and the training
+    stage's line names its size."""
+    from cada.datasets import dpo_cr_pairs, dpo_pairs, fit_length, rl_set, sft_set
 
     rdir = r.run / f"round-{rnd}"
-    path = rdir / ("pairs.jsonl" if r.arm.preference else "sft.jsonl")
+    path = rdir / DATA_FILES[r.arm.method]
 
     def work() -> dict:
-        records = read_records(rdir / "records.jsonl")
-        if r.arm.preference:
-            rows, stats = dpo_pairs(records, r.spec, precedent_fallback=r.cfg.precedent_fallback,
-                                    consistency=r.cfg.consistency)
+        if r.arm.online:
+            chosen = rl_prompts(r.cfg, prompts)
+            rows = rl_set(chosen, r.spec, placement=r.arm.placement, k=r.cfg.rl.k or None, hint=r.cfg.rl.hint)
+            stats = {"prompts": len(rows), **{lab: sum(p.label == lab for p in chosen) for lab in ("harmful",
+                                                                                                  "benign")}}
         else:
-            rows, stats = sft_set(records, r.spec, r.arm.sft_set)
-        rows, stats["dropped_too_long"] = fit_length(rows, policy, r.cfg.train.max_length)
+            records = read_records(rdir / "records.jsonl")
+            if r.arm.staged:
+                rows, stats = dpo_pairs(records, r.spec, precedent_fallback=r.cfg.precedent_fallback,
+                                        consistency=r.cfg.consistency)
+            elif r.arm.method == "dpo":
+                rows, stats = dpo_cr_pairs(records, r.spec)
+            else:
+                rows, stats = sft_set(records, r.spec, r.arm.data)
+            rows, stats["dropped_too_long"] = fit_length(rows, policy, r.cfg.train.max_length)
         write_records(path, rows)
         write_json(rdir / "dataset.json", stats)
         return {}
@@ -171,13 +190,31 @@ def dataset_stage(r: ArmRun, rnd: int, policy: str) -> Stage:
     return Stage(f"round {rnd}: training set", (path, rdir / "dataset.json"), work, path, quiet=True)
 
 
+def rl_section(cfg: AlignConfig):
+    """``rl_train`` with the generation section's sampling settings for TRL's sampler, unless its ``extra``
+    names its own."""
+    g = cfg.generation
+    extra = {"temperature": g.temperature, "top_p": g.top_p, **cfg.rl_train.extra}
+    return cfg.rl_train.model_copy(update={"extra": extra})
+
+
 def training_stage(r: ArmRun, rnd: int, start: str) -> Stage:
     rdir = r.run / f"round-{rnd}"
-    data = rdir / ("pairs.jsonl" if r.arm.preference else "sft.jsonl")
+    data = rdir / DATA_FILES[r.arm.method]
     n = len(read_records(data))
-    return Stage(f"round {rnd}: training", training_outputs(rdir / "train"),
-                 lambda: r.train(start, data, rdir / "train", r.cfg.train, r.arm.method), rdir / "train",
-                 f"round {rnd}: {r.arm.method.upper()} on {n} {'pairs' if r.arm.preference else 'rows'}")
+    if r.arm.online:
+        from cada.judges.reward import rl_reward
+
+        t = r.cfg.rl_train
+        what = (f"RL on {n} prompts x {t.num_generations} samples ({r.arm.placement}, reward "
+                f"{r.cfg.rl.reward}, {t.baseline} baseline)")
+        work = lambda: r.train(start, data, rdir / "train", rl_section(r.cfg), "rl",  # noqa: E731
+                               reward_funcs=[rl_reward(r.cfg.rl)])
+    else:
+        what = f"{r.arm.method.upper()} on {n} {'pairs' if r.arm.method == 'dpo' else 'rows'}"
+        work = lambda: r.train(start, data, rdir / "train", r.cfg.train, r.arm.method)  # noqa: E731
+    return Stage(f"round {rnd}: training", training_outputs(rdir / "train"), work, rdir / "train",
+                 f"round {rnd}: {what}")
 
 
 def calibration_stage(r: ArmRun, policy: str) -> Stage:
@@ -228,14 +265,16 @@ def check(cfg: AlignConfig, run: Path) -> None:
     """Mistakes that would otherwise surface only after the first stages: no stage has run when this raises."""
     from cada.models.load import resolve_trainable
 
-    if cfg.calibration_per_label and not ARMS[cfg.arm].preference:
-        raise CadaError(f"calibration_per_label: the calibration pass follows DPO; arm {cfg.arm!r} has none "
-                        "(leave it unset)")
+    if cfg.calibration_per_label and not ARMS[cfg.arm].staged:
+        raise CadaError(f"calibration_per_label: the calibration pass is the staged arm's; arm {cfg.arm!r} has "
+                        "none (leave it unset)")
     resolve_trainable(cfg.model)  # training needs local weights: a typo fails here, before any stage runs
     if cfg.judgement_model:
         resolve_trainable(cfg.judgement_model)
     check_server(cfg.base_url)
     saved = run / "config.yaml"
+    if saved.exists():
+        check_layout(saved)
     if saved.exists() and (before := AlignConfig.from_yaml(saved)) != cfg:
         raise CadaError(f"{saved}: this run folder was started with another config ({before.differences(cfg)}); "
                         "use a new --output or the same settings to resume")
@@ -282,12 +321,13 @@ def align(cfg: AlignConfig, output: str | Path, *, show_progress: bool = True) -
 def run_round(r: ArmRun, rnd: int, policy: str, prompts: list) -> dict:
     """One round's stages; returns its part of the summary."""
     rdir, cfg = r.run / f"round-{rnd}", r.cfg
-    r.step(selfgen_stage(r, rnd, policy, prompts))
+    if not r.arm.online:  # the RL arm samples its own chains while it trains
+        r.step(selfgen_stage(r, rnd, policy, prompts))
     start = policy
-    if r.arm.preference and cfg.warmup and rnd == 1:
+    if r.arm.staged and cfg.warmup and rnd == 1:
         r.step(warmup_stage(r, policy, prompts))
         start = str(rdir / "warmup" / "model")
-    r.step(dataset_stage(r, rnd, policy))
+    r.step(dataset_stage(r, rnd, policy, prompts))
     r.step(training_stage(r, rnd, start))
     r.drop_generator()
     return round_info(r, rnd, policy)
@@ -302,12 +342,13 @@ def _seconds(folder: Path) -> float | None:
 def round_info(r: ArmRun, rnd: int, policy: str) -> dict:
     rdir, cfg = r.run / f"round-{rnd}", r.cfg
     led = r.ledger.entries
-    info: dict = {"round": rnd, "policy": str(policy),
-                  "generation_seconds": r.ledger.seconds(f"round {rnd}: self-generation"),
-                  "selfgen": read_json(rdir / "selfgen.json")}
+    info: dict = {"round": rnd, "policy": str(policy)}
+    if not r.arm.online:
+        info.update(generation_seconds=r.ledger.seconds(f"round {rnd}: self-generation"),
+                    selfgen=read_json(rdir / "selfgen.json"))
     for name in ("round 1: warm-up", "judgement stage") if rnd == 1 else ():
         info.update({k: v for k, v in (led.get(name) or {}).items() if k != "seconds"})
-    if (rdir / "warmup.jsonl").exists() and r.arm.preference and cfg.warmup and rnd == 1:
+    if (rdir / "warmup.jsonl").exists() and r.arm.staged and cfg.warmup and rnd == 1:
         info["warmup_examples"] = len(read_records(rdir / "warmup.jsonl"))
         if cfg.judgement:
             info["judgement_model"] = cfg.judgement_model or str(rdir / "judgement" / "model")

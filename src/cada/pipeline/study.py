@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from cada.config import ARMS, MODE_LABELS, EvalSet, StudyConfig
+from cada.config import ARMS, MODE_LABELS, EvalSet, StudyConfig, check_layout
 from cada.errors import CadaError
 from cada.evaluate.metrics import headline, verdict
 from cada.pipeline.pools import heldout_sets, judgement_prompts, study_pools
@@ -70,12 +70,20 @@ def weights(cfg: StudyConfig, n_items: int, n_train: int) -> dict[str, float]:
         out["train judgement"] = n_judged * cfg.judgement_train.epochs * 60.0
     for arm in cfg.arms:
         a = ARMS[arm]
+        if a.online:  # sampling every prompt's group each step, then one update on it
+            t = cfg.rl_train
+            n_rl = n_train if cfg.rl.prompts == "mixed" else n_train / 2
+            out[f"train {arm}"] = n_rl * t.num_generations * (t.max_completion_length * MODE_COST[a.mode]
+                                                              + 60.0) * t.epochs * cfg.rounds
+            out[f"eval {arm}"] = gen_tokens * 1.3
+            continue
         selfgen = n_train * g.n * g.max_new_tokens * MODE_COST[a.mode] * cfg.rounds
-        per_ex = 180.0 if a.preference else 60.0
+        per_ex = 180.0 if a.method == "dpo" else 60.0
         n_warm = max(n_train, 2 * (cfg.warmup_per_label or 0))
-        warm = (n_warm * 0.5 * cfg.warmup_train.epochs * per_ex + n_warm / 2 * 60.0) if cfg.warmup else 0.0
+        warm = (n_warm * 0.5 * cfg.warmup_train.epochs * per_ex + n_warm / 2 * 60.0) if cfg.warmup and a.staged \
+            else 0.0
         calibration = 0.0
-        if cfg.calibration_per_label and a.preference:  # answers + judgement and whole rows, once
+        if cfg.calibration_per_label and a.staged:  # answers + judgement and whole rows, once
             n_cal = cfg.calibration_per_label
             calibration = n_cal * 60.0 + (1.5 * n_cal * 60.0 + 1.25 * n_cal * per_ex) * cfg.calibration_train.epochs
         out[f"train {arm}"] = selfgen + (n_train * per_ex * cfg.train.epochs + warm) * cfg.rounds + calibration
@@ -191,6 +199,7 @@ def check(cfg: StudyConfig, out: Path) -> None:
         check_server(cfg.eval.judge_base_url)
     saved = out / "config.yaml"
     if saved.exists():
+        check_layout(saved)
         try:
             before = StudyConfig.model_validate(yaml.safe_load(saved.read_text()))
         except Exception:
@@ -217,7 +226,7 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     s = StudyRun(cfg, out, console, show_progress)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml())
-    first = cfg.arm_config(next((a for a in cfg.arms if ARMS[a].preference), cfg.arms[0] if cfg.arms else "cada"))
+    first = cfg.arm_config(next((a for a in cfg.arms if ARMS[a].staged), cfg.arms[0] if cfg.arms else "cada"))
     s.step(pools_stage(s, first))
     train_prompts, _, pool_report = study_pools(first, out, s.spec, s.sets)  # read back: written once
     s.overlap = {"removed_for_eval_overlap": pool_report.get("removed_for_eval_overlap"),
