@@ -403,7 +403,8 @@ def _json(path: Path, text: str) -> list[dict]:
 
 def _jsonl(path: Path, text: str) -> list[dict]:
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # split on newlines only: str.splitlines also breaks at U+2028 and other separators JSON strings may hold
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

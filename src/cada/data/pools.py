@@ -265,7 +265,7 @@ def _user_rows(path: Path) -> list[tuple[str, dict]]:
                 return [(f"{path}:{reader.line_num}", row) for row in reader]
         if suffix == ".jsonl":
             rows = []
-            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):  # not at U+2028
                 if line.strip():
                     try:
                         rows.append((f"{path}:{i}", json.loads(line)))

@@ -28,7 +28,7 @@ from cada.errors import CadaError
 from cada.evaluate.metrics import headline, verdict
 from cada.pipeline.pools import heldout_sets, judgement_prompts, study_pools
 from cada.pipeline.stages import Ledger, Stage, StageLog, check_server
-from cada.records import read_json, write_json
+from cada.records import read_json, read_records, write_json
 
 MODE_COST = {"none": 1.0, "cases": 1.6, "codes": 2.5}  # relative generation cost of a reasoning mode
 
@@ -270,7 +270,7 @@ def shared_judgement(s: StudyRun, first) -> str | None:
                          name="train judgement")
     info = s.step(st) or {}
     info["judgement_seconds"] = read_json(jdir / "train_info.json")["train_seconds"]
-    info["judgement_examples"] = len((jdir / "judgement.jsonl").read_text().splitlines())
+    info["judgement_examples"] = len(read_records(jdir / "judgement.jsonl"))
     s.training["judgement"] = info
     return str(jdir / "model")
 
