@@ -236,11 +236,15 @@ def test_shipped_presets_load_and_use_only_evaluation_sets_for_evaluation():
     assert full.judgement_per_label > full.warmup_per_label > full.pool.limit_per_label
     assert full.judgement and full.consistency and full.calibration_per_label
     assert {c.lora_r for c in (full.train, full.warmup_train, full.judgement_train, full.calibration_train)} == {0}
-    assert set(full.arms) >= {"cada", "da"}
+    assert full.arms == ["staged"]
     from cada.config import AlignConfig
 
-    one = AlignConfig.from_yaml(ROOT / "recipes" / "align-cada.yaml")  # the README's `cada align --config` example
-    assert one.arm == "cada" and one.calibration_per_label and one.train.sft_weight
+    staged = AlignConfig.from_yaml(ROOT / "recipes" / "align-staged.yaml")
+    assert staged.arm == "staged" and staged.calibration_per_label and staged.train.sft_weight
+    # the README's `cada align --config` example: the paper's RL on BeaverTails, settings read on validation
+    one = AlignConfig.from_yaml(ROOT / "recipes" / "align-cada.yaml")
+    assert one.arm == "cada" and one.rl.prompts == "harmful" and one.rl_train.beta == 0.01
+    assert one.pool.sources == ["beavertails"] and one.pool.validation_per_label > 0
     with pytest.raises(CadaError, match=r"embedded-full.yaml: a study's config .*cada study --config"):
         AlignConfig.from_yaml(ROOT / "recipes" / "embedded-full.yaml")
     demo = demo_config()
