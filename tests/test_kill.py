@@ -7,7 +7,7 @@ none duplicated, every line valid JSON (a torn last line repaired, not kept), an
 deterministic (greedy evaluation, seeded self-generation). A point that the run cannot be caught at reliably is
 skipped with the reason, never failed.
 
-The RL stage (GRPO inside `cada align`) does not exist yet: there is no kill point for it here.
+The RL stage (TRL GRPO inside `cada align --arm cada`) is killed after a whole checkpoint and while one is written.
 """
 
 from __future__ import annotations
@@ -420,7 +420,7 @@ def align_config(tmp_path_factory) -> Path:
                                       for row in ({"prompt": h, "label": "harmful"}, {"prompt": b, "label": "benign"})])
     # two steps or more per training stage (a checkpoint a step), so a kill after the first checkpoint is mid-run
     sft = "{batch_size: 4, lora_r: 0, max_length: 256, logging_steps: 1}"
-    (d / "cfg.yaml").write_text(f"""arm: cada
+    (d / "cfg.yaml").write_text(f"""arm: staged
 pool: {{user_pool: {json.dumps(str(pool))}, heldout_per_label: 2, limit_per_label: 2}}
 judgement: false
 calibration_per_label: 4
@@ -546,3 +546,64 @@ def test_align_killed_while_a_checkpoint_is_written(tmp_path, tiny_model, align_
         pytest.fail(f"the rerun after a kill inside {partial} did not end in {RUN_TIMEOUT} s")
     assert r.proc.returncode == 0, f"the rerun after a kill inside {partial} failed:\n{r.stderr_tail()[-800:]}"
     check_align(run, ref["dir"] / "RUN")
+
+
+# --- cada align, the RL arm (CADA) --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rl_config(tmp_path_factory) -> Path:
+    """The CADA arm (online RL) on 8 harmful prompts, 2 samples each, 2 samples a step: 8 steps, a checkpoint every
+    2, so a kill after the first checkpoint lands mid-run."""
+    d = tmp_path_factory.mktemp("rl-inputs")
+    pool = write_csv(d / "pool.csv", [row for h, b in zip(HARMFUL, BENIGN)
+                                      for row in ({"prompt": h, "label": "harmful"}, {"prompt": b, "label": "benign"})])
+    (d / "cfg.yaml").write_text(f"""arm: cada
+pool: {{user_pool: {json.dumps(str(pool))}, heldout_per_label: 2, limit_per_label: 8}}
+rl: {{k: 2}}
+rl_train: {{batch_size: 2, num_generations: 2, max_completion_length: 8, lora_r: 0, beta: 0.01, baseline: running,
+           logging_steps: 1, report_to: none}}
+""")
+    return d / "cfg.yaml"
+
+
+def rl_steps(run: Path) -> list[dict]:
+    return [r for r in strict_records(run / "round-1" / "train" / "train_log.jsonl") if "loss" in r]
+
+
+@pytest.mark.parametrize("point", ["after a checkpoint", "while a checkpoint is written"])
+def test_align_rl_stage_killed_resumes_to_the_reference(point, tmp_path, tiny_model, rl_config, reference, runs):
+    """kill -9 inside the RL stage of `cada align --arm cada` (once a checkpoint is whole, or the moment one
+    appears, before its trainer_state.json): the rerun resumes from the last whole checkpoint with its running
+    baseline and ends like an unbroken run: the same summary, prompts and steps, each step logged once, the
+    baseline counting every batch once."""
+    ref = reference("align-rl", align_cmd(rl_config, tiny_model), "RUN/round-1/train/train_log.jsonl")
+    cmd, run = align_cmd(rl_config, tiny_model), tmp_path / "RUN"
+    trainer = run / "round-1" / "train" / "trainer"
+    r = runs(cmd, tmp_path, "killed")
+    if point == "after a checkpoint":
+        ready = lambda: any(_parses(p) for p in trainer.glob("checkpoint-*/trainer_state.json"))  # noqa: E731
+    else:
+        ready = lambda: any(trainer.glob("checkpoint-*"))  # noqa: E731
+    if not r.kill_when(ready):
+        pytest.skip("the run finished before the RL stage wrote a checkpoint")
+    assert not (run / "summary.json").exists()
+    assert not (run / "round-1" / "train" / "train_info.json").exists(), "a killed RL stage looks finished"
+    complete(cmd, tmp_path, "rerun", runs)
+    ref_run = ref["dir"] / "RUN"
+    summary, ref_summary = (json.loads((d / "summary.json").read_text()) for d in (run, ref_run))
+    assert summary["model"] == ref_summary["model"] == "RUN/round-1/train/model"
+    assert (tmp_path / summary["model"] / "config.json").is_file()
+    assert without_seconds(summary) == without_seconds(ref_summary)
+    for name in ("round-1/rl.jsonl", "pool/train.jsonl", "pool/heldout.jsonl"):
+        got = strict_records(run / name)
+        no_duplicates([x["id"] for x in got], run / name)
+        assert got == strict_records(ref_run / name), f"{name}: differs from the unbroken run's"
+    got, want = rl_steps(run), rl_steps(ref_run)
+    assert [s["step"] for s in got] == [s["step"] for s in want] == list(range(1, len(want) + 1)), \
+        "RL steps lost or logged twice"
+    info = json.loads((run / "round-1" / "train" / "train_info.json").read_text())
+    assert info["steps"] == len(want)
+    last = sorted(trainer.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["RunningBaseline"]["args"]["count"] == len(want), \
+        "the running baseline lost or repeated a batch across the resume"

@@ -446,7 +446,7 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model, capsys):
               f"calibration pass: SFT on {n['calibration/judgement/judgement.jsonl']} decision lines",
               "calibration pass: the base model's answers to 4 benign",
               f"calibration pass: SFT on {n['calibration/warmup.jsonl']} whole rows", "finished: the model is"]
-    assert len(lines) == len(stages) + 1 and "arm cada" in lines[0], lines
+    assert len(lines) == len(stages) + 1 and "arm staged" in lines[0], lines
     for line, stage in zip(lines[1:], stages):
         assert line.startswith("cada align " + stage) and "(done, skipped)" not in line, (line, stage)
     assert Path(summary["model"]).joinpath("config.json").is_file()
@@ -546,7 +546,7 @@ def test_align_runs_an_arm_end_to_end_and_resumes(tmp_path, tiny_model, capsys):
     changed = cfg.model_copy(update={"pool": cfg.pool.model_copy(update={"limit_per_label": 3}), "rounds": 2})
     with pytest.raises(CadaError, match=r"another config \(rounds: 1 -> 2; pool.limit_per_label: 2 -> 3\)"):
         align(changed, run, show_progress=False)
-    with pytest.raises(CadaError, match="calibration pass follows DPO"):
+    with pytest.raises(CadaError, match="the calibration pass is the staged arm's; arm 'sft-dr' has none"):
         align(cfg.model_copy(update={"arm": "sft-dr"}), tmp_path / "sft", show_progress=False)
     with pytest.raises(CadaError, match="unknown model 'judgement-typo'"):  # before any stage runs
         align(cfg.model_copy(update={"judgement_model": "judgement-typo"}), tmp_path / "typo", show_progress=False)
