@@ -436,6 +436,7 @@ def test_grpo_vllm_recipe_names_real_trl_fields():
 
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "grpo-vllm.yaml").read_text())
     cfg = TrainConfig(**recipe)
-    assert cfg.method == "grpo" and cfg.extra["use_vllm"] is True
+    # the paper's CADA on GPUs: the RL method, its KL strength and running baseline, vLLM generation
+    assert cfg.method == "rl" and cfg.beta == 0.01 and cfg.baseline == "running" and cfg.extra["use_vllm"] is True
     fields = {f.name for f in dataclasses.fields(GRPOConfig)}
     assert set(cfg.extra) <= fields, set(cfg.extra) - fields

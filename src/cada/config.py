@@ -326,8 +326,10 @@ class Recipe(Settings):
     calibration_train: StageTraining = StageTraining(learning_rate=1e-5, epochs=1.0, lora_r=0, max_length=1024)
     rl: RLSettings = RLSettings()
     # CPU-sized for the embedded model (docs/training.md says what each was chosen on); the paper's beta_KL is 0.01
+    # no LoRA dropout: TRL samples in training mode, so dropout would make the samples another policy's than the
+    # one whose log-probabilities the update takes
     rl_train: StageTraining = StageTraining(learning_rate=5e-5, beta=0.01, batch_size=8, num_generations=4,
-                                            max_completion_length=128, baseline="running")
+                                            max_completion_length=128, baseline="running", lora_dropout=0.0)
 
     @model_validator(mode="after")
     def _merged(self):
