@@ -134,6 +134,7 @@ def make_study(root: Path, *, headline: dict | None = None, minimal: bool = Fals
             "training": {"cada": {"pool_sizes": {"harmful": 120, "benign": 80}, "pairs": 190, "seconds": 300.0},
                          "da": {"pool_sizes": {"harmful": 120, "benign": 80}, "pairs": 185, "seconds": 280.5}},
             "overlap": {"removed_for_eval_overlap": 293, "by_eval_set": {"xstest": 156, "strongreject": 8}},
+            "licenses": {"beavertails": "CC-BY-NC-4.0", "or_bench_80k": "CC-BY-4.0"},
             "timings": {"pools": 12.0, "base-none": 40.1, "train-cada": 300.0},
             "config": {"name": "demo", "seed": 0, "train": {"lr": 5e-6, "epochs": 1}},
         })
@@ -357,3 +358,13 @@ def test_a_derived_headline_is_the_studys_headline_and_pools_refused_or_partial(
         assert r["cells"][benign[0]]["value"] == headline[r["system"]]["benign_refusal"]
     harmful = [c["metric"] for c in pb["columns"] if c["benchmark"] == "strongreject-small"]
     assert harmful == ["refusal_rate", "refused_or_partial_rate"]  # harmful sets keep both
+
+
+def test_the_report_lists_the_data_licenses_of_the_training_sources(study, tmp_path):
+    _, paths, page, md = study
+    assert "### Training data licenses" in md and "| beavertails | CC-BY-NC-4.0 |" in md
+    assert "Training data licenses" in page and "<code>beavertails</code>" in page and "CC-BY-NC-4.0" in page
+    assert json.loads(paths["json"].read_text())["details"]["licenses"] == {"beavertails": "CC-BY-NC-4.0",
+                                                                            "or_bench_80k": "CC-BY-4.0"}
+    bare = write_report(make_study(tmp_path, minimal=True))["md"].read_text()  # a study from before: said so
+    assert "### Training data licenses\n\nNot recorded" in bare

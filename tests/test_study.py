@@ -137,6 +137,7 @@ def test_study_end_to_end_on_the_tiny_model_resumes_without_duplicates(tmp_path,
     # the smuggled StrongREJECT prompt is caught by the user pool's own check against the shipped benchmarks; the
     # study's guard then removes the pool prompt that rewords the unanswered part of the user's evaluation file
     assert summary["overlap"]["removed_for_eval_overlap"] == 1
+    assert summary["licenses"] == {}  # a user pool: no shipped source read, so no data license to list
     assert summary["overlap"]["train_removed"] == 1 and summary["overlap"]["examples"][0]["kind"] == "paraphrase"
     assert summary["overlap"]["examples"][0]["train"] == POOL[6][0]
     train_prompts = [json.loads(x)["prompt"] for x in (out / "pool" / "train.jsonl").read_text().splitlines()]

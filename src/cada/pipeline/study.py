@@ -126,6 +126,7 @@ class StudyRun:
         self.metrics: dict[str, dict] = {}
         self.training: dict[str, dict] = {}
         self.overlap: dict = {}
+        self.licenses: dict = {}  # shipped training source -> its data license
 
     def step(self, st: Stage):
         """Run a stage unless it is done (the clock's line either way); returns what its work returned."""
@@ -152,7 +153,7 @@ class StudyRun:
             else f"refusal + StrongREJECT rubric ({cfg.eval.judge_model})",
             "models": self.models, "systems": self.systems, "benchmarks": self.info, "metrics": self.metrics,
             "headline": heads, "verdict": verdict(heads, self.systems)["flags"], "training": self.training,
-            "overlap": self.overlap, "timings": timings, "config": cfg.model_dump(mode="json"),
+            "overlap": self.overlap, "licenses": self.licenses, "timings": timings, "config": cfg.model_dump(mode="json"),
             "wall_seconds": round(self.previous.get("wall_seconds", 0.0) + time.perf_counter() - self.t0, 1),
         }
         if partial:  # a long study shows what it has so far: `cada report DIR` renders it
@@ -231,6 +232,7 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     train_prompts, _, pool_report = study_pools(first, out, s.spec, s.sets)  # read back: written once
     s.overlap = {"removed_for_eval_overlap": pool_report.get("removed_for_eval_overlap"),
                  "train_prompts": len(train_prompts), **pool_report["study_overlap"]}
+    s.licenses = dict(pool_report.get("licenses") or {})
     if cfg.eval.heldout:  # the pools' held-back prompts, one set per label
         held = heldout_sets(out / "pool")
         s.sets = s.sets + held

@@ -366,6 +366,8 @@ def run_details(summary: dict) -> dict:
         "systems": [{"system": s, "label": _label(summary, s), "model": (d or {}).get("model"),
                      "mode": (d or {}).get("mode")} for s, d in summary["systems"].items()],
         "overlap": _flatten(summary["overlap"]) if isinstance(summary.get("overlap"), dict) else None,
+        # the data licenses of the shipped training sources the study read (several are non-commercial)
+        "licenses": summary.get("licenses") if isinstance(summary.get("licenses"), dict) else None,
         "training": {arm: _flatten(v) if isinstance(v, dict) else {"value": v} for arm, v in training.items()}
         if training else None,
         "timings": {"rows": [[k, _num(v)] for k, v in timings.items()],

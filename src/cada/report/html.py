@@ -325,6 +325,9 @@ def _details_html(d: dict) -> str:
                              ("", _e(str(s["mode"])))] for s in d["systems"]]))
     out.append("<h3>Train/eval overlap check</h3>")
     out.append(_kv_html(d["overlap"]) if d.get("overlap") else "<p class='muted'>Not recorded.</p>")
+    out.append("<h3>Training data licenses</h3>")
+    out.append(_kv_html(d["licenses"]) if d.get("licenses") else "<p class='muted'>Not recorded (a user pool, or "
+               "a study from before cada recorded them).</p>")
     out.append("<h3>Training</h3>")
     if d.get("training"):
         arms = list(d["training"])

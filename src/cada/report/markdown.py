@@ -135,6 +135,9 @@ def _details_md(d: dict) -> list[str]:
     md += ["", "### Train/eval overlap check", ""]
     md += [_md_table(["key", "value"], [[k, scalar(x)] for k, x in d["overlap"].items()]) if d.get("overlap")
            else "Not recorded.", ""]
+    md += ["### Training data licenses", ""]
+    md += [_md_table(["source", "license"], [[k, scalar(x)] for k, x in d["licenses"].items()]) if d.get("licenses")
+           else "Not recorded (a user pool, or a study from before cada recorded them).", ""]
     md += ["### Training", ""]
     if d.get("training"):
         arms = list(d["training"])
