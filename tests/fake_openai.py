@@ -11,7 +11,8 @@ on 127.0.0.1 and a free port, told per test how to answer.
 Modes (``reply(mode, times=None, **options)``; ``times=None`` sets what every request gets once the queued
 replies are used up):
 
-* ``ok`` -- a normal chat completion (``text``; ``usage`` False to leave usage out);
+* ``ok`` -- a normal chat completion (``text``, or ``fn``: a function of the request's JSON body that returns the
+  text; ``usage`` False to leave usage out);
 * ``garbage`` -- HTTP 200 with a body that is not JSON (``body``, default an HTML page; ``ctype``, default
   ``text/html``);
 * ``bad_utf8`` -- HTTP 200 with bytes that are not UTF-8;
@@ -132,8 +133,8 @@ class FakeOpenAI:
             time.sleep(float(opts.get("delay", 1.0)))
             mode = "ok"
         if mode == "ok":
-            h._send(200, json.dumps(completion(opts.get("text", "fake answer"), model,
-                                               opts.get("usage", True))).encode())
+            text = opts["fn"](payload) if "fn" in opts else opts.get("text", "fake answer")
+            h._send(200, json.dumps(completion(text, model, opts.get("usage", True))).encode())
         elif mode == "garbage":
             h._send(200, opts.get("body", b"<html><body>502 Bad Gateway\x07</body></html>\n" * 20),
                     opts.get("ctype", "text/html"))

@@ -1,13 +1,13 @@
 """The ``cada`` command: a thin typer app; every command fills a config and calls one library function.
 
-One module per group of commands (inspect, judge, training, study); :mod:`cada.cli.app` holds the app itself.
+One module per group of commands (inspect, judge, training, study, attack); :mod:`cada.cli.app` holds the app itself.
 """
 
 from __future__ import annotations
 
 import sys
 
-from cada.cli import inspect, judge, training, study  # noqa: F401, I001  (each registers its commands, in this order)
+from cada.cli import inspect, judge, training, study, attack  # noqa: F401, I001  (each registers its commands, in this order)
 from cada.cli.app import app, err
 from cada.errors import CadaError
 

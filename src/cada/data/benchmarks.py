@@ -1,13 +1,18 @@
 """Evaluation benchmarks: the shipped sets by name, any user file, jailbreak attacks, and an eval set's items.
 
 Shipped (see ``data/files/SOURCES.md``): ``xstest-safe`` (over-refusal), ``xstest-unsafe``, ``strongreject``,
-``strongreject-small``, ``advbench`` (harmful), ``gsm8k`` (utility). The attacks wrap harmful items in the evaluation
+``strongreject-small``, ``advbench`` (harmful), ``gsm8k``, ``bbh``, ``mmlu`` (utility; BBH and MMLU are small fixed
+subsets, ``bbh-full`` and ``mmlu-full`` read the whole sets from the folders ``$CADA_BBH_DIR`` and
+``$CADA_MMLU_DIR`` name). The attacks wrap harmful items in the evaluation
 jailbreak templates (:func:`cada.data.jailbreaks.eval_templates`, filled by the same
 :func:`cada.data.jailbreaks.fill_template` as the training pools' templates) or the two static wrappers.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 from collections.abc import Callable
 from itertools import zip_longest
 from pathlib import Path
@@ -40,6 +45,81 @@ def _gsm8k() -> list[EvalItem]:
             for i, r in enumerate(jsonl_rows(FILES_DIR / "gsm8k/test.jsonl"))]
 
 
+# --- utility sets: BBH (0-shot, generated, exact match) and MMLU (5-shot, log-likelihood) -------------------
+
+#: the folders of the full sets, for the benchmarks bbh-full and mmlu-full (the shipped bbh and mmlu are subsets)
+BBH_DIR_ENV, MMLU_DIR_ENV = "CADA_BBH_DIR", "CADA_MMLU_DIR"
+_BBH_LAYOUT = "a folder of BIG-Bench-Hard's task files (<task>.json, directly or in tasks/)"
+_MMLU_LAYOUT = "a folder holding MMLU's dev/ and test/ CSVs (<subject>_dev.csv, <subject>_test.csv)"
+
+
+def full_set_dir(env: str, name: str, layout: str) -> Path:
+    """The folder ``$env`` names, which must exist: a missing one is a one-line error saying what to set."""
+    value = os.environ.get(env, "").strip()
+    if not value:
+        raise CadaError(f"benchmark {name} reads the full set from ${env}: set it to {layout}")
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise CadaError(f"${env}={value}: no such folder (benchmark {name} needs {layout})")
+    return folder
+
+
+def bbh_items(folder: Path) -> list[EvalItem]:
+    """Every example of every BBH task file of ``folder`` (or ``folder/tasks``), task by task in name order, as
+    0-shot prompts (:func:`cada.evaluate.utility.bbh_prompt`) matched exactly against the target."""
+    from cada.evaluate.utility import bbh_prompt
+
+    tasks = folder / "tasks" if (folder / "tasks").is_dir() else folder
+    files = sorted(tasks.glob("*.json"))
+    if not files:
+        raise CadaError(f"{tasks}: no BBH task files (<task>.json)")
+    items = []
+    for f in files:
+        try:
+            examples = [(ex["input"], ex["target"]) for ex in json.loads(f.read_text(encoding="utf-8"))["examples"]]
+        except (ValueError, KeyError, TypeError):
+            raise CadaError(f'{f}: not a BBH task file ({{"examples": [{{"input": ..., "target": ...}}, ...]}})'
+                            ) from None
+        items += [EvalItem(id=f"bbh-{f.stem}-{i}", prompt=bbh_prompt(q), kind="utility", category=f.stem,
+                           reference=target, meta={"scorer": "bbh"}) for i, (q, target) in enumerate(examples)]
+    return items
+
+
+def mmlu_rows(folder: Path, split: str) -> list[dict]:
+    """The rows of ``folder/<split>/<subject>_<split>.csv`` (no header: question, four choices, answer letter),
+    subject by subject in name order, as ``{"subject", "question", "choices", "answer"}``."""
+    from cada.evaluate.utility import MMLU_LETTERS
+
+    files = sorted((folder / split).glob(f"*_{split}.csv"))
+    if not files:
+        raise CadaError(f"{folder / split}: no MMLU {split} files (<subject>_{split}.csv)")
+    rows = []
+    for f in files:
+        subject = f.name.removesuffix(f"_{split}.csv")
+        with f.open(newline="", encoding="utf-8") as fh:
+            for n, r in enumerate(csv.reader(fh), 1):
+                if len(r) != 6 or r[5] not in MMLU_LETTERS:
+                    raise CadaError(f"{f}: row {n} is not an MMLU row (question, four choices, answer A-D)")
+                rows.append({"subject": subject, "question": r[0], "choices": r[1:5], "answer": r[5]})
+    return rows
+
+
+def mmlu_items(folder: Path) -> list[EvalItem]:
+    """Every MMLU test question of ``folder`` as lm-evaluation-harness's 5-shot prompt, the shots the first five
+    dev rows of its subject (:func:`cada.evaluate.utility.mmlu_prompt`); scored by log-likelihood, not generated."""
+    from cada.evaluate.utility import mmlu_prompt
+
+    dev: dict[str, list[dict]] = {}
+    for r in mmlu_rows(folder, "dev"):
+        dev.setdefault(r["subject"], []).append(r)
+    items, seen = [], {}
+    for r in mmlu_rows(folder, "test"):
+        i = seen[r["subject"]] = seen.get(r["subject"], -1) + 1
+        items.append(EvalItem(id=f"mmlu-{r['subject']}-{i}", prompt=mmlu_prompt(r, dev.get(r["subject"], [])),
+                              kind="utility", category=r["subject"], reference=r["answer"], meta={"scorer": "mmlu"}))
+    return items
+
+
 BENCHMARKS: dict[str, Callable[[], list[EvalItem]]] = {
     "xstest-safe": lambda: _xstest("safe"),
     "xstest-unsafe": lambda: _xstest("unsafe"),
@@ -47,6 +127,10 @@ BENCHMARKS: dict[str, Callable[[], list[EvalItem]]] = {
     "strongreject-small": lambda: _strongreject("strongreject-small"),
     "advbench": _advbench,
     "gsm8k": _gsm8k,
+    "bbh": lambda: bbh_items(FILES_DIR / "bbh"),
+    "mmlu": lambda: mmlu_items(FILES_DIR / "mmlu"),
+    "bbh-full": lambda: bbh_items(full_set_dir(BBH_DIR_ENV, "bbh-full", _BBH_LAYOUT)),
+    "mmlu-full": lambda: mmlu_items(full_set_dir(MMLU_DIR_ENV, "mmlu-full", _MMLU_LAYOUT)),
 }
 
 
@@ -108,8 +192,11 @@ def wrap(items: list[EvalItem], attacks: list[str], *, templates: int = 4,
                 raise CadaError(f"unknown attack {attack!r}: use inthewild, prefix_injection or "
                                 "refusal_suppression (or --attack-file)")
     if attack_file:
-        for a in load_file(attack_file, attack_column, "harmful"):
-            out.append(EvalItem(id=f"attack-{a.id}", prompt=a.prompt, kind="harmful",
+        # an attack file `cada attack` exported names each goal's category: kept, for the per-category rates
+        rows = read_rows(attack_file)
+        category = "category" if rows and "category" in rows[0] else None
+        for a in load_file(attack_file, attack_column, "harmful", category_column=category):
+            out.append(EvalItem(id=f"attack-{a.id}", prompt=a.prompt, kind="harmful", category=a.category or None,
                                 attack=Path(attack_file).stem))
     return out
 
