@@ -384,6 +384,32 @@ def cases() -> list[dict]:
                                                "--judge-base-url", "<closed>", "--judge-model", "m",
                                                "--max-retries", "0", *E], "<closed>"),
     ]
+    # -- attacks (cada attack pair | pap) ------------------------------------------------------------------
+    P = ["attack", "pair", "--model", "<tiny>", "--streams", "1", "--iterations", "1", "--max-new-tokens", "4",
+         "--attacker-max-new-tokens", "4", "--output", "pair"]
+    L += [
+        C("attack-benign-benchmark", "attack", [*P, "--benchmark", "xstest-safe"], "not a harmful set",
+          why="the over-refusal set given as goals"),
+        C("attack-no-goals", "attack", P, "give exactly one of --benchmark NAME or --dataset FILE"),
+        C("attack-goals-missing", "attack", [*P, "--dataset", "goals.csv"], "goals.csv: goals file not found"),
+        C("attack-goals-no-column", "attack", [*P, "--dataset", "goals.csv"], "no column 'prompt'",
+          files={"goals.csv": "goal\nPick a lock\n"}, why="the goals in a column named otherwise"),
+        C("attack-unknown-technique", "attack", ["attack", "pap", "--benchmark", "advbench", "--technique",
+                                                 "flattery", "--output", "pap"], "not a technique of the PAP",
+          why="a technique name not in the taxonomy"),
+        C("attack-attacker-url-without-model", "attack", [*P, "--benchmark", "advbench", "--attacker-base-url",
+                                                          "<fake>"], "needs --attacker-model", server=("ok", {})),
+        C("attack-judge-unreachable", "attack", [*P, "--benchmark", "advbench", "--judge-model", "m",
+                                                 "--judge-base-url", "<closed>"], "cannot reach the server",
+          why="the judge's server is down: found before the first goal"),
+        C("attack-output-is-a-file", "attack", ["attack", "pair", "--benchmark", "advbench", "--output", "out.txt"],
+          "out.txt", files={"out.txt": "notes\n"}),
+        C("attack-zero-streams", "attack", [*P, "--benchmark", "advbench", "--streams", "0"], "--streams",
+          why="a budget of no conversations"),
+        C("attack-folder-of-other-settings", "attack", [*P, "--benchmark", "advbench", "--limit", "1"],
+          "other settings", files={"pair/attack.json": '{"attack": "pair", "streams": 20}\n'},
+          why="a PAIR folder made with another budget"),
+    ]
     # -- the rest ------------------------------------------------------------------------------------------
     L += [
         C("report-not-a-study", "other", ["report", "runs"], "runs/summary.json: not found",

@@ -87,8 +87,9 @@ def _models(model, base_url, api_key, attacker_model, attacker_base_url, judge_m
         raise CadaError("--judge-base-url needs --judge-model (the served model's name)")
     if not judge_model:
         judge_model, judge_base_url = attacker_model, attacker_base_url
-    for url in (base_url, attacker_base_url, judge_base_url):
-        check_server(url)  # an unreachable server fails now, not after the first goal
+    for url, flag in ((base_url, "--base-url"), (attacker_base_url, "--attacker-base-url"),
+                      (judge_base_url, "--judge-base-url")):
+        check_server(url, flag=flag)  # an unreachable server fails now, not after the first goal
     keys = {"target": api_key,
             "attacker": os.environ.get("CADA_ATTACKER_API_KEY") or os.environ.get("CADA_API_KEY"),
             "judge": os.environ.get("CADA_JUDGE_API_KEY") or os.environ.get("CADA_API_KEY")}

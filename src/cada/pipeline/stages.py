@@ -102,7 +102,7 @@ def run_stage(stage: Stage, ledger: Ledger, log: StageLog) -> bool:
     return True
 
 
-def check_server(base_url: str | None, timeout: float = 5.0) -> None:
+def check_server(base_url: str | None, timeout: float = 5.0, flag: str = "--base-url (or $CADA_BASE_URL)") -> None:
     """Before the first stage: a server that generation will go to must answer (any HTTP status counts: a 401
     or 404 is still a server), so an unreachable ``--base-url`` fails in seconds, not after the pools are built.
     Only a URL the config names is probed: ``$CADA_BASE_URL`` is met by the first generator that uses it, and a
@@ -119,5 +119,5 @@ def check_server(base_url: str | None, timeout: float = 5.0) -> None:
         return
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise CadaError(f"cannot reach the server at {url} ({reason}); check --base-url (or $CADA_BASE_URL) "
-                        "and that the server is up: no stage has run") from None
+        raise CadaError(f"cannot reach the server at {url} ({reason}); check {flag} and that the server is up: "
+                        "no stage has run") from None
