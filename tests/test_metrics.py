@@ -82,3 +82,17 @@ def test_reference_loglik_matches_a_hand_computation_at_any_batch_size(tiny_mode
     want = sum(float(logp[len(h) - 1 + i, t]) for i, t in enumerate(r)) / len(r)
     assert one[1] == pytest.approx(want, abs=1e-4)
     assert all(x < 0 for x in one) and len(set(round(x, 3) for x in one)) == 3
+
+
+def test_bbh_and_mmlu_have_headline_columns_of_their_own():
+    from cada.evaluate.metrics import headline
+
+    m = {"gsm8k": {"n": 10, "accuracy": {"value": 0.2}}, "bbh": {"n": 20, "accuracy": {"value": 0.4}},
+         "mine": {"n": 10, "accuracy": {"value": 0.6}}, "mmlu-5": {"n": 5, "accuracy": {"value": 0.3}}}
+    sets = {"gsm8k": {"kind": "utility", "benchmark": "gsm8k"}, "bbh": {"kind": "utility", "benchmark": "bbh"},
+            "mine": {"kind": "utility", "benchmark": None},
+            "mmlu-5": {"kind": "utility", "benchmark": "mmlu-full"}}
+    h = headline(m, sets)
+    # GSM8K's column pools the other utility sets (a user's file), as before; BBH and MMLU stand apart
+    assert (h["gsm8k_accuracy"], h["bbh_accuracy"], h["mmlu_accuracy"]) == (0.4, 0.4, 0.3)
+    assert headline({"gsm8k": m["gsm8k"]}, {"gsm8k": sets["gsm8k"]})["bbh_accuracy"] is None

@@ -396,7 +396,8 @@ class EvalSet(Settings):
 
     name: str = Field(description="Label in the report; the shipped benchmark unless file/benchmark.")
     benchmark: str | None = Field(None, description="A shipped benchmark: strongreject, strongreject-small, "
-                                  "advbench, xstest-safe, xstest-unsafe, gsm8k (default: name).")
+                                  "advbench, xstest-safe, xstest-unsafe, gsm8k, bbh, mmlu, bbh-full "
+                                  "($CADA_BBH_DIR), mmlu-full ($CADA_MMLU_DIR) (default: name).")
     file: str | None = Field(None, description="Your own CSV / JSON / JSONL of prompts.")
     prompt_column: str = Field("prompt", description="Prompt column of the file.")
     reference_column: str | None = Field(None, description="Reference answers (utility sets).")

@@ -17,7 +17,8 @@ row                 written by                                   fields
 :class:`EvalItem`   the evaluation sets (in memory)              id, prompt, kind, category, attack, reference, meta
 :class:`EvalRecord` evaluation (``eval/*/records.jsonl``)        id, prompt, kind, category, attack, mode, raw,
                                                                  reasoning, response, format_ok, judge, cited_cases
-                                                                 [, reference, correct, rubric_score, rubric]
+                                                                 [, reference, correct, rubric_score, rubric,
+                                                                 scoring, logprobs]
 ==================  ===========================================  ==================================================
 
 Rows stay plain dicts on disk and in memory (what TRL and ``datasets`` take); the TypedDicts name their fields for
@@ -135,6 +136,8 @@ class EvalRecord(TypedDict, total=False):
     correct: bool
     rubric_score: float | None
     rubric: dict
+    scoring: str                  # "loglik": scored by log-likelihood (MMLU), nothing generated or judged
+    logprobs: dict[str, float]    # with scoring "loglik": each answer letter's log-probability
 
 
 #: the fields a stage needs from a file of each kind of row, and where such a file comes from

@@ -17,6 +17,8 @@ HEADLINE = [
     ("jailbreak_refusal", "Jailbreak refusal ↑", "higher"),
     ("benign_refusal", "Benign over-refusal ↓", "lower"),
     ("gsm8k_accuracy", "GSM8K accuracy ↑", "higher"),
+    ("bbh_accuracy", "BBH accuracy ↑", "higher"),
+    ("mmlu_accuracy", "MMLU 5-shot ↑", "higher"),
     ("reference_loglik", "Ref. log-lik ↑", "higher"),
     # with eval.heldout: the held-back prompts of the training pools (in distribution, never trained on)
     ("heldout_harmful_refusal", "Held-back pool harmful ↑", "higher"),
@@ -49,10 +51,13 @@ def metrics(records: Sequence[dict]) -> dict:
     out: dict = {"n": len(records)}
     if not records:
         return out
-    labels = [r.get("judge") for r in records]
-    for name, lab in (("refusal_rate", "refuse"), ("partial_rate", "partial"), ("compliance_rate", "comply")):
-        out[name] = rate([float(x == lab) for x in labels])
-    out["refused_or_partial_rate"] = rate([float(x != "comply") for x in labels])
+    # a record scored by log-likelihood (MMLU) generated nothing: no refusal label, no format to keep
+    answered = [r for r in records if r.get("scoring") != "loglik"]
+    labels = [r.get("judge") for r in answered]
+    if labels:
+        for name, lab in (("refusal_rate", "refuse"), ("partial_rate", "partial"), ("compliance_rate", "comply")):
+            out[name] = rate([float(x == lab) for x in labels])
+        out["refused_or_partial_rate"] = rate([float(x != "comply") for x in labels])
     scores = [r["rubric_score"] for r in records if r.get("rubric_score") is not None]
     if scores:
         out["rubric_score"] = rate(scores)
@@ -61,7 +66,8 @@ def metrics(records: Sequence[dict]) -> dict:
     correct = [float(r["correct"]) for r in records if r.get("correct") is not None]
     if correct:
         out["accuracy"] = rate(correct)
-    out["format_ok_rate"] = round(sum(bool(r.get("format_ok")) for r in records) / len(records), 4)
+    if answered:
+        out["format_ok_rate"] = round(sum(bool(r.get("format_ok")) for r in answered) / len(answered), 4)
     return out
 
 
@@ -106,10 +112,20 @@ def headline(metrics_by_set: Mapping[str, Mapping], sets: Mapping[str, Mapping],
         return lambda name, i: (not i.get("heldout") and i.get("kind") == kind
                                 and (jailbreak is None or is_jailbreak(name, i) == jailbreak))
 
+    def utility(family: str | None):
+        # BBH and MMLU get columns of their own; GSM8K's takes every other utility set (a user's file too)
+        def which(name, i):
+            bench_name = str(i.get("benchmark") or name)
+            own = next((f for f in ("bbh", "mmlu") if bench_name == f or bench_name.startswith(f + "-")), None)
+            return bench("utility")(name, i) and own == family
+        return which
+
     out = {"harmful_refusal": pooled(bench("harmful", False)),
            "jailbreak_refusal": pooled(bench("harmful", True)),
            "benign_refusal": pooled(bench("benign")),
-           "gsm8k_accuracy": pooled(bench("utility")),
+           "gsm8k_accuracy": pooled(utility(None)),
+           "bbh_accuracy": pooled(utility("bbh")),
+           "mmlu_accuracy": pooled(utility("mmlu")),
            "reference_loglik": loglik}
     if any(i.get("heldout") for i in sets.values()):
         out["heldout_harmful_refusal"] = pooled(lambda n, i: i.get("heldout") and i.get("kind") == "harmful")

@@ -1,5 +1,6 @@
 """Evaluation: answer a set's prompts under a reasoning mode, judge the final responses, report rates with 95%
-bootstrap intervals. Writes ``records.jsonl`` (resumable, one line per prompt) and ``metrics.json``.
+bootstrap intervals. Writes ``records.jsonl`` (resumable, one line per prompt) and ``metrics.json``. MMLU is scored
+by log-likelihood instead (:func:`loglik_rows`): nothing is generated or judged.
 
 :func:`evaluate` runs one set; :func:`evaluate_model` runs a list of sets against one model (``cada eval``, each
 system of a study), with the judges of :func:`make_judges`.
@@ -32,6 +33,8 @@ def evaluate(items: Sequence[EvalItem], generator: Generator, spec: Spec, output
     """
     from cada.judges.refusal import RefusalJudge
 
+    if any(map(_by_loglik, items)):
+        loglik_model(generator)  # a backend without the weights is refused before anything is written
     judge = judge or RefusalJudge.load()
     out = Path(output)
     rec_path = out / "records.jsonl"
@@ -49,8 +52,9 @@ def evaluate(items: Sequence[EvalItem], generator: Generator, spec: Spec, output
         write_json(out / PIN_FILE, pin)
         pinned = True
 
-    def answer(chunk: list[EvalItem]) -> list[dict]:
-        nonlocal pinned
+    def generated(chunk: list[EvalItem]) -> list[dict]:
+        if not chunk:
+            return []
         results = [r[0] for r in reasoner.run(generator, [it.prompt for it in chunk], params)]
         verdicts = judge.classify([r.response for r in results], [it.prompt for it in chunk])
         rows = []
@@ -59,16 +63,23 @@ def evaluate(items: Sequence[EvalItem], generator: Generator, spec: Spec, output
                    "mode": r.mode, "raw": r.raw, "reasoning": r.reasoning, "response": r.response,
                    "format_ok": r.format_ok, "judge": v.label, "cited_cases": r.cited_cases}
             if it.reference is not None:
-                from cada.evaluate.utility import gsm8k_correct
+                from cada.evaluate.utility import utility_correct
 
                 row["reference"] = it.reference
-                row["correct"] = gsm8k_correct(r.response, it.reference)
+                row["correct"] = utility_correct(r.response, it.reference, it.meta.get("scorer"))
             rows.append(row)
         if rubric is not None:
             scored = rubric.judge([row["prompt"] for row in rows], [row["response"] for row in rows])
             for row, s in zip(rows, scored):
                 row["rubric_score"] = s.score
                 row["rubric"] = {k: v for k, v in s.to_dict().items() if k != "raw"}
+        return rows
+
+    def answer(chunk: list[EvalItem]) -> list[dict]:
+        nonlocal pinned
+        by_id = {row["id"]: row for row in loglik_rows([it for it in chunk if _by_loglik(it)], generator, mode)}
+        by_id.update((row["id"], row) for row in generated([it for it in chunk if not _by_loglik(it)]))
+        rows = [by_id[it.id] for it in chunk]
         if not pinned:  # pinned with its first answers: a run that failed before any (a bad model name) pins nothing
             write_json(out / PIN_FILE, pin)
             pinned = True
@@ -83,8 +94,50 @@ def evaluate(items: Sequence[EvalItem], generator: Generator, spec: Spec, output
     if any(r.get("category") for r in records):
         m["by_category"] = breakdown(records, "category")
     m.update(mode=mode, judge=type(judge).__name__)
+    if records and all(r.get("scoring") == "loglik" for r in records):  # nothing generated, nothing judged
+        m.update(judge=None, scoring="loglik")
     write_json(out / "metrics.json", m)
     return m
+
+
+# --- sets scored by log-likelihood (MMLU) ---------------------------------------------------------------
+
+def _by_loglik(it: EvalItem) -> bool:
+    return it.meta.get("scorer") == "mmlu"
+
+
+def loglik_model(generator):
+    """The model and tokenizer of a generator that holds the weights (the local transformers backend); a server
+    or an engine that gives no log-probabilities here is a one-line error."""
+    model, tokenizer = getattr(generator, "model", None), getattr(generator, "tokenizer", None)
+    if tokenizer is None or not callable(model):
+        raise CadaError(f"benchmark mmlu is scored by the log-likelihood of the answer letters, which needs the "
+                        f"model's weights: run it with --backend local (no --base-url); {type(generator).__name__} "
+                        "gives no log-probabilities")
+    return model, tokenizer
+
+
+def loglik_rows(items: Sequence[EvalItem], generator, mode: str) -> list[dict]:
+    """MMLU items scored as lm-evaluation-harness scores them: the answer letter the model gives the highest
+    log-probability after the item's 5-shot prompt, as is (no chat template, no spec: the reasoning mode does not
+    apply; it is recorded so that a folder's records agree with its pin). Nothing is generated or judged."""
+    from cada.evaluate.utility import MMLU_LETTERS, mmlu_letter_logprobs
+
+    if not items:
+        return []
+    model, tokenizer = loglik_model(generator)
+    scores = mmlu_letter_logprobs(model, tokenizer, [it.prompt for it in items],
+                                  batch_size=getattr(generator, "batch_size", None) or 8,
+                                  max_length=getattr(generator, "context_length", None))
+    rows = []
+    for it, lp in zip(items, scores):
+        letter = MMLU_LETTERS[max(range(len(lp)), key=lp.__getitem__)]
+        rows.append({"id": it.id, "prompt": it.prompt, "kind": it.kind, "category": it.category,
+                     "attack": it.attack, "mode": mode, "raw": letter, "reasoning": "", "response": letter,
+                     "format_ok": None, "judge": None, "cited_cases": [], "scoring": "loglik",
+                     "logprobs": dict(zip(MMLU_LETTERS, (round(x, 4) for x in lp))),
+                     "reference": it.reference, "correct": letter == it.reference})
+    return rows
 
 
 # --- the folder's pin ---------------------------------------------------------------------------------
@@ -217,6 +270,8 @@ def evaluate_model(generator: Generator, loaded: Sequence[tuple[EvalSet, list[Ev
     """Every set against one model, each into ``folder_of(set)``; the rubric judge scores harmful sets only.
     Every folder is checked against its pin before the first set is answered."""
     judge, rubric = judges or make_judges(cfg)
+    if any(_by_loglik(it) for _, items in loaded for it in items):
+        loglik_model(generator)  # before the first set: not after the generated sets have run
     model = getattr(generator, "name", None)
     check_folders(loaded, folder_of, cfg, model=model, mode=mode, judges=(judge, rubric), seed=seed)
     return {s.name: evaluate(items, generator, spec, folder_of(s), mode=mode, k=cfg.k,

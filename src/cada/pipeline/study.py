@@ -100,7 +100,8 @@ def set_kind(items: list) -> str:
 
 def set_info(s: EvalSet, items: list, heldout: bool = False) -> dict:
     attacks = s.attacks + ([Path(s.attack_file).stem] if s.attack_file else [])
-    return {"kind": set_kind(items), "n": len(items), **({"attacks": attacks} if attacks else {}),
+    return {"kind": set_kind(items), "n": len(items), "benchmark": s.benchmark or (None if s.file else s.name),
+            **({"attacks": attacks} if attacks else {}),
             **({"heldout": True} if heldout else {})}
 
 
