@@ -346,3 +346,18 @@ def test_the_eta_waits_for_a_stage_that_carries_weight():
     clock.announce("eval b", False)
     lines = con.export_text().splitlines()
     assert "left" not in lines[0] and "about 2 min left" in lines[1], lines
+
+
+def test_a_user_file_with_a_category_column_as_hex_phi_is_given(tmp_path):
+    """HEx-PHI is gated: a user downloads it and evaluates it as a file, its 11 categories as the category column;
+    --limit then spreads over them and the rates break down by them. A missing column is one line naming it."""
+    from cada.config import EvalSet
+    from cada.data.benchmarks import eval_items
+
+    path = tmp_path / "hexphi.csv"
+    rows = [f"Request {i} of category {c}" for c in ("illegal", "hate", "malware") for i in range(3)]
+    path.write_text("prompt,category\n" + "".join(f"{r},{r.rsplit(' ', 1)[1]}\n" for r in rows))
+    items = eval_items(EvalSet(name="hexphi", file=str(path), kind="harmful", category_column="category", limit=3))
+    assert [it.category for it in items] == ["illegal", "hate", "malware"]
+    with pytest.raises(CadaError, match=r"hexphi.csv: row 1 has no column 'topic' \(columns: prompt, category\)"):
+        eval_items(EvalSet(name="hexphi", file=str(path), kind="harmful", category_column="topic"))

@@ -401,6 +401,8 @@ class EvalSet(Settings):
     file: str | None = Field(None, description="Your own CSV / JSON / JSONL of prompts.")
     prompt_column: str = Field("prompt", description="Prompt column of the file.")
     reference_column: str | None = Field(None, description="Reference answers (utility sets).")
+    category_column: str | None = Field(None, description="Category of each prompt in the file (e.g. HEx-PHI's "
+                                        "11 categories): per-category rates, and --limit spread over them.")
     kind: Kind | None = Field(None, description="harmful | benign | utility (required with a file).")
     limit: int | None = Field(None, ge=1, description="N prompts (before wrapping), spread over the set's "
                               "categories.")

@@ -42,6 +42,7 @@ def eval_cmd(
     kind: Annotated[Optional[str], option(EvalSet, "kind", "--kind")] = None,
     spec: SpecOpt = None,
     reference_column: Annotated[Optional[str], option(EvalSet, "reference_column", "--reference-column")] = None,
+    category_column: Annotated[Optional[str], option(EvalSet, "category_column", "--category-column")] = None,
     benchmark: Annotated[Optional[str], option(EvalSet, "benchmark", "--benchmark", "-b")] = None,
     suite: Annotated[Optional[str], typer.Option("--suite", help="Named suite: default | demo | full (one "
                                                  "subfolder per set).")] = None,
@@ -100,7 +101,7 @@ def eval_cmd(
         sets = [x.with_values({"limit": limit}) for x in named_suite(suite)]
     elif dataset is not None:
         sets = [EvalSet(name=dataset.stem, file=str(dataset), prompt_column=prompt_column, kind=kind,
-                        reference_column=reference_column).with_values(attacks)]
+                        reference_column=reference_column, category_column=category_column).with_values(attacks)]
     else:
         sets = [EvalSet(name=benchmark).with_values(attacks)]
     if attack_file is not None:

@@ -156,11 +156,14 @@ def load_file(path: str | Path, prompt_column: str, kind: str, *, category_colum
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
             raise CadaError(f"{path}: row {i + 1}: column {prompt_column!r} is a {_json_type(value)} ({shown}); a "
                             "prompt must be a string")
+        if category_column and category_column not in r:
+            raise CadaError(f"{path}: row {i + 1} has no column {category_column!r} (columns: {', '.join(r)})")
         prompt = (value or "").strip()
         if not prompt:  # an empty or blank prompt asks nothing: refused, as a missing one
             raise CadaError(f"{path}: row {i + 1}: column {prompt_column!r} is empty")
         items.append(EvalItem(id=f"{stem}-{i}", prompt=prompt, kind=kind,
-                              category=str(r.get(category_column)) if category_column else None,
+                              category=str(r[category_column]) if category_column and r[category_column] not in
+                              (None, "") else None,
                               reference=str(r[reference_column]) if reference_column else None))
     return items
 
@@ -215,7 +218,8 @@ def eval_items(s) -> list[EvalItem]:
     if s.file:
         if not s.kind:
             raise CadaError(f"eval set {s.name!r}: a file needs a kind (harmful, benign or utility)")
-        items = load_file(s.file, s.prompt_column, s.kind, reference_column=s.reference_column)
+        items = load_file(s.file, s.prompt_column, s.kind, reference_column=s.reference_column,
+                          category_column=getattr(s, "category_column", None))
     else:
         items = load_benchmark(s.benchmark or s.name)
     if s.limit:
