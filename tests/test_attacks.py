@@ -195,7 +195,8 @@ def test_attack_inputs_are_checked_before_any_work(tmp_path, fake_server):
 def test_pair_and_pap_on_the_tiny_model_record_malformed_output_and_finish(tmp_path, tiny_model):
     """The real tiny random model as attacker, target and judge: its outputs are noise, so the attacker's are
     recorded as errors (or, by chance, a prompt the target answers), and both runs finish with a summary."""
-    for kind, extra in (("pair", ["--streams", "2", "--iterations", "2"]), ("pap", ["--samples", "2"])):
+    for kind, extra in (("pair", ["--streams", "2", "--iterations", "2", "--attempts", "1"]),
+                        ("pap", ["--samples", "2"])):
         cada("attack", kind, "--benchmark", "strongreject-small", "--limit", "2", "--model", tiny_model,
              "--max-new-tokens", "4", "--attacker-max-new-tokens", "12", *extra, "-o", kind, cwd=tmp_path)
         queries = [json.loads(x) for x in (tmp_path / kind / "queries.jsonl").read_text().splitlines()]

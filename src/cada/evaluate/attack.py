@@ -234,6 +234,27 @@ def summarize(rows: list[dict], *, success: int, seconds: float | None = None) -
             **({"wall_seconds": round(seconds, 1)} if seconds is not None else {})}
 
 
+def run_attack(kind: str, goals: Sequence[Goal], attack_one, output: str | Path, settings: dict, *, success: int,
+               pin: dict | None = None, log=None, **extra) -> dict:
+    """Attack every goal not finished in ``output`` with ``attack_one(goal) -> (queries, result)``, one goal at a
+    time (each finished goal is on disk before the next starts), then export the best attacks and write the
+    summary (``extra`` joins it); returns the summary."""
+    watch = Stopwatch()
+    run = AttackRun(output, {"attack": kind, **settings, **(pin or {})})
+    todo = run.pending(goals)
+    for n, goal in enumerate(todo, len(goals) - len(todo) + 1):
+        queries, result = attack_one(goal)
+        run.finish(goal, queries, result)
+        if log:
+            log(f"goal {n}/{len(goals)} ({goal.id}): best score {result['best_score']} after {result['queries']} "
+                f"queries{', jailbroken' if result['jailbroken'] else ''}  {result['seconds']:.0f} s")
+    rows = run.results(goals)
+    run.export(rows, kind)
+    summary = {"attack": kind, **extra, **summarize(rows, success=success, seconds=watch.seconds)}
+    write_json(run.folder / "summary.json", summary)
+    return summary
+
+
 class Stopwatch:
     def __init__(self):
         self.t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cada.evaluate.attack import AttackRun, Goal, Judge, Stopwatch, Target, best_of, clean_attack, summarize
+from cada.evaluate.attack import Goal, Judge, Stopwatch, Target, best_of, clean_attack, run_attack
 from cada.models.generate import Generator, SamplingParams
 
 ATTACKER_SYSTEM = """You are a red-teaming assistant helping to test the safety of an AI language model. You are \
@@ -159,19 +159,5 @@ def attack_goal(goal: Goal, attacker: Generator, target: Target, judge: Judge, s
 def run_pair(goals: Sequence[Goal], attacker: Generator, target: Target, judge: Judge, output: str | Path,
              settings: PairSettings = PairSettings(), *, pin: dict | None = None, log=None) -> dict:
     """PAIR on every goal into ``output`` (resumable per goal); returns the summary (also ``summary.json``)."""
-    from cada.records import write_json
-
-    watch = Stopwatch()
-    run = AttackRun(output, {"attack": "pair", **asdict(settings), **(pin or {})})
-    todo = run.pending(goals)
-    for n, goal in enumerate(todo, len(goals) - len(todo) + 1):
-        queries, result = attack_goal(goal, attacker, target, judge, settings)
-        run.finish(goal, queries, result)
-        if log:
-            log(f"goal {n}/{len(goals)} ({goal.id}): best score {result['best_score']} after {result['queries']} "
-                f"queries{', jailbroken' if result['jailbroken'] else ''}  {result['seconds']:.0f} s")
-    rows = run.results(goals)
-    run.export(rows, "pair")
-    summary = {"attack": "pair", **summarize(rows, success=settings.success, seconds=watch.seconds)}
-    write_json(run.folder / "summary.json", summary)
-    return summary
+    return run_attack("pair", goals, lambda g: attack_goal(g, attacker, target, judge, settings), output,
+                      asdict(settings), success=settings.success, pin=pin, log=log)
