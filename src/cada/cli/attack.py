@@ -54,7 +54,7 @@ KOpt = Annotated[int, typer.Option("--k", min=0, help="Precedents in the target'
 
 def _goals(benchmark, dataset, prompt_column, category_column, limit):
     from cada.config import EvalSet
-    from cada.data.benchmarks import eval_items, load_file
+    from cada.data.benchmarks import eval_items
     from cada.evaluate.attack import Goal
     from cada.records import check_input
 
@@ -62,8 +62,9 @@ def _goals(benchmark, dataset, prompt_column, category_column, limit):
         raise CadaError("give exactly one of --benchmark NAME or --dataset FILE (the goals)")
     if dataset is not None:
         check_input(dataset, "--dataset", "goals file")
-        items = load_file(dataset, prompt_column, "harmful", category_column=category_column)
-        items = items[:limit] if limit else items
+        # the evaluation sets' own loader: --limit spreads over the file's categories as it does for a benchmark
+        items = eval_items(EvalSet(name=dataset.stem, file=str(dataset), prompt_column=prompt_column,
+                                   kind="harmful", category_column=category_column, limit=limit))
     else:
         items = eval_items(EvalSet(name=benchmark, limit=limit))
         if any(it.kind != "harmful" for it in items):
