@@ -11,6 +11,8 @@ steps (the learning curve, every step in ``round-1/train/train_log.jsonl``); and
 validation prompts, bare requests (mode none), as the paper evaluates.
 
     python benchmarks/rl_run.py --out ~/cada-runs/rl-500 [--variant harmful --variant mixed] [--limit 500]
+    python benchmarks/rl_run.py --out ~/cada-runs/rl-sweep --variant mixed --limit 100 \
+        --set rl_train.learning_rate=5e-4 --name mixed-lr5e-4      # a recipe choice, read on validation only
 
 Every step resumes: rerun the same command after a kill. Results: ``benchmarks/results/rl_run.json``.
 """
@@ -18,6 +20,7 @@ Every step resumes: rerun the same command after a kill. Results: ``benchmarks/r
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import subprocess
@@ -82,14 +85,26 @@ def main() -> None:
     ap.add_argument("--variant", action="append", choices=list(VARIANTS))
     ap.add_argument("--limit", type=int, default=500, help="prompts per label")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="validation answers")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe setting, e.g. rl_train.learning_rate=5e-4 (YAML value)")
+    ap.add_argument("--name", help="results key and run folder (default: the variant)")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "rl_run.json")
     a = ap.parse_args()
     recipe = yaml.safe_load(RECIPE.read_text())
     results = json.loads(a.results.read_text()) if a.results.exists() else {}
-    for name in a.variant or ["harmful", "mixed"]:
+    overrides: dict = {}
+    for item in a.set:
+        key, _, value = item.partition("=")
+        node = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    for variant in a.variant or ["harmful", "mixed"]:
+        name = a.name or variant
         run = a.out / name
         run.mkdir(parents=True, exist_ok=True)
-        cfg = merged(recipe, merged(VARIANTS[name], {"pool": {"limit_per_label": a.limit}}))
+        cfg = merged(recipe, merged(VARIANTS[variant], merged({"pool": {"limit_per_label": a.limit}}, overrides)))
         (a.out / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         cada("align", "--config", str(a.out / f"{name}.yaml"), "--output", str(run))
         summary = json.loads((run / "summary.json").read_text())
@@ -98,10 +113,13 @@ def main() -> None:
         step_s = [s["step_time"] for s in steps]
         sample_s = [s["sample_seconds"] for s in steps if "sample_seconds" in s]
         files = validation_files(run)
-        base = evaluate(cfg["model"], files, a.out / "eval-base", a.max_new_tokens)
+        # the base model's answers are shared by the runs whose validation prompts are the same
+        digest = hashlib.sha256(b"".join(files[k].read_bytes() for k in sorted(files))).hexdigest()[:10]
+        base = evaluate(cfg["model"], files, a.out / f"eval-base-{digest}", a.max_new_tokens)
         trained = evaluate(summary["model"], files, run / "eval", a.max_new_tokens)
         results[name] = {
-            "command": f"python benchmarks/rl_run.py --out {a.out} --variant {name} --limit {a.limit}",
+            "command": " ".join(["python benchmarks/rl_run.py --out", str(a.out), "--variant", variant, "--limit",
+                                 str(a.limit), *(f"--set {x}" for x in a.set), *(["--name", name] if a.name else [])]),
             "config": cfg, "dataset": summary["rounds"][0].get("dataset"),
             "align_seconds": summary.get("seconds"), "steps": len(steps),
             "median_step_seconds": round(statistics.median(step_s), 1) if step_s else None,

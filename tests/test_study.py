@@ -246,6 +246,15 @@ def test_shipped_presets_load_and_use_only_evaluation_sets_for_evaluation():
     one = AlignConfig.from_yaml(ROOT / "recipes" / "align-cada.yaml")
     assert one.arm == "cada" and one.rl.prompts == "harmful" and one.rl_train.beta == 0.01
     assert one.pool.sources == ["beavertails"] and one.pool.validation_per_label > 0
+    # the paper's study: on the CPU (paper.yaml) and on a GPU with served attacker and judges (paper-eval.yaml), the
+    # searched attacks in sets of their own, settings never read off the benchmarks (validation look-alikes kept)
+    for name in ("paper", "paper-eval"):
+        paper = StudyConfig.from_yaml(ROOT / "recipes" / f"{name}.yaml")
+        assert {"cada", "dpo-cr", "sft-cr", "da"} <= set(paper.arms) and paper.pool.validation_per_label
+        assert {s.searched for s in paper.eval.sets()} >= {"pair", "pap"}
+    gpu = StudyConfig.from_yaml(ROOT / "recipes" / "paper-eval.yaml")
+    assert gpu.eval.judge == "rubric" and gpu.eval.attack.streams == 20 and gpu.eval.attack.attacker_base_url
+    assert gpu.rl_train.learning_rate == 2e-6 and gpu.rl_train.extra["use_vllm"]
     with pytest.raises(CadaError, match=r"embedded-full.yaml: a study's config .*cada study --config"):
         AlignConfig.from_yaml(ROOT / "recipes" / "embedded-full.yaml")
     demo = demo_config()

@@ -4,7 +4,6 @@ an attacker and a judge LLM set apart from it; each run exports the best attack 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -75,37 +74,11 @@ def _goals(benchmark, dataset, prompt_column, category_column, limit):
 
 
 def _models(model, base_url, api_key, attacker_model, attacker_base_url, judge_model, judge_base_url, http):
-    """The target's, the attacker's and the judge's generators; one generator where two are the same model."""
-    from cada.models.generate import make_generator
-    from cada.pipeline.stages import check_server
+    """The target's, the attacker's and the judge's generators (cada.evaluate.attack.attack_models)."""
+    from cada.evaluate.attack import attack_models
 
-    # the attacker defaults to the target (its model and server), the judge to the attacker
-    if attacker_base_url and not attacker_model:
-        raise CadaError("--attacker-base-url needs --attacker-model (the served model's name)")
-    if not attacker_model:
-        attacker_model, attacker_base_url = model, base_url
-    if judge_base_url and not judge_model:
-        raise CadaError("--judge-base-url needs --judge-model (the served model's name)")
-    if not judge_model:
-        judge_model, judge_base_url = attacker_model, attacker_base_url
-    for url, flag in ((base_url, "--base-url"), (attacker_base_url, "--attacker-base-url"),
-                      (judge_base_url, "--judge-base-url")):
-        check_server(url, flag=flag)  # an unreachable server fails now, not after the first goal
-    keys = {"target": api_key,
-            "attacker": os.environ.get("CADA_ATTACKER_API_KEY") or os.environ.get("CADA_API_KEY"),
-            "judge": os.environ.get("CADA_JUDGE_API_KEY") or os.environ.get("CADA_API_KEY")}
-    made: dict = {}
-
-    def gen(role, name, url):
-        key = (name, url)
-        if key not in made:
-            made[key] = make_generator(name, base_url=url, api_key=keys[role], backend="http" if url else "local",
-                                       show_progress=False, **http)
-        return made[key]
-
-    return (gen("target", model, base_url), gen("attacker", attacker_model, attacker_base_url),
-            gen("judge", judge_model, judge_base_url),
-            {"target": model, "attacker": attacker_model, "judge": judge_model})
+    return attack_models(model, base_url, api_key, attacker_model, attacker_base_url, judge_model, judge_base_url,
+                         http)
 
 
 def _run(kind: str, output, goals_args, model_args, target_args, settings, http) -> None:

@@ -191,6 +191,9 @@ def wrap(items: list[EvalItem], attacks: list[str], *, templates: int = 4,
                 t = PREFIX_INJECTION if attack == "prefix_injection" else REFUSAL_SUPPRESSION
                 out.append(EvalItem(id=f"{it.id}@{attack}", prompt=t.format(prompt=it.prompt), kind=it.kind,
                                     category=it.category, attack=attack, meta={"base_prompt": it.prompt}))
+            elif attack in ("pair", "pap"):
+                raise CadaError(f"attack {attack!r} is searched by an attacker LLM: run `cada attack {attack}` "
+                                "and replay its attacks.csv with --attack-file (a study runs it for you)")
             else:
                 raise CadaError(f"unknown attack {attack!r}: use inthewild, prefix_injection or "
                                 "refusal_suppression (or --attack-file)")
@@ -198,9 +201,12 @@ def wrap(items: list[EvalItem], attacks: list[str], *, templates: int = 4,
         # an attack file `cada attack` exported names each goal's category: kept, for the per-category rates
         rows = read_rows(attack_file)
         category = "category" if rows and "category" in rows[0] else None
+        # and the attack that found it (its `source`: pair, pap), else the attack is named after the file
+        name = str(rows[0].get("source") or "") if rows else ""
+        name = name if name and all(r.get("source") == name for r in rows) else Path(attack_file).stem
         for a in load_file(attack_file, attack_column, "harmful", category_column=category):
             out.append(EvalItem(id=f"attack-{a.id}", prompt=a.prompt, kind="harmful", category=a.category or None,
-                                attack=Path(attack_file).stem))
+                                attack=name))
     return out
 
 

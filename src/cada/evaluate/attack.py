@@ -234,6 +234,51 @@ def summarize(rows: list[dict], *, success: int, seconds: float | None = None) -
             **({"wall_seconds": round(seconds, 1)} if seconds is not None else {})}
 
 
+#: the flags the CLI names in its errors; a study passes its config's fields
+ATTACK_FLAGS = {"base_url": "--base-url", "attacker_model": "--attacker-model",
+                "attacker_base_url": "--attacker-base-url", "judge_model": "--judge-model",
+                "judge_base_url": "--judge-base-url"}
+
+
+def attack_models(model: str, base_url: str | None, api_key: str | None, attacker_model: str | None,
+                  attacker_base_url: str | None, judge_model: str | None, judge_base_url: str | None, http: dict,
+                  flags: dict[str, str] = ATTACK_FLAGS):
+    """The target's, the attacker's and the judge's generators (one generator where two are the same model), and
+    their names. The attacker defaults to the target (its model and server), the judge to the attacker; every
+    server named must answer now, not after the first goal."""
+    import os
+
+    from cada.models.generate import make_generator
+    from cada.pipeline.stages import check_server
+
+    if attacker_base_url and not attacker_model:
+        raise CadaError(f"{flags['attacker_base_url']} needs {flags['attacker_model']} (the served model's name)")
+    if not attacker_model:
+        attacker_model, attacker_base_url = model, base_url
+    if judge_base_url and not judge_model:
+        raise CadaError(f"{flags['judge_base_url']} needs {flags['judge_model']} (the served model's name)")
+    if not judge_model:
+        judge_model, judge_base_url = attacker_model, attacker_base_url
+    for url, key in ((base_url, "base_url"), (attacker_base_url, "attacker_base_url"),
+                     (judge_base_url, "judge_base_url")):
+        check_server(url, flag=flags[key])
+    keys = {"target": api_key,
+            "attacker": os.environ.get("CADA_ATTACKER_API_KEY") or os.environ.get("CADA_API_KEY"),
+            "judge": os.environ.get("CADA_JUDGE_API_KEY") or os.environ.get("CADA_API_KEY")}
+    made: dict = {}
+
+    def gen(role, name, url):
+        key = (name, url)
+        if key not in made:
+            made[key] = make_generator(name, base_url=url, api_key=keys[role], backend="http" if url else "local",
+                                       show_progress=False, **http)
+        return made[key]
+
+    return (gen("target", model, base_url), gen("attacker", attacker_model, attacker_base_url),
+            gen("judge", judge_model, judge_base_url),
+            {"target": model, "attacker": attacker_model, "judge": judge_model})
+
+
 def run_attack(kind: str, goals: Sequence[Goal], attack_one, output: str | Path, settings: dict, *, success: int,
                pin: dict | None = None, log=None, **extra) -> dict:
     """Attack every goal not finished in ``output`` with ``attack_one(goal) -> (queries, result)``, one goal at a

@@ -1,6 +1,8 @@
 """The paper's study end to end, as stages read in order:
 
     pools             pool/                  shared training / held-back prompts, checked against the study's sets
+    attack <set>      attacks/<set>/         a searched attack (PAIR, PAP) against the base model, once; every
+                                             system answers its best attack per goal
     eval base-none    eval/base-none/<set>/  the plain base model first, so a study stopped early has the headline
     train judgement   judgement/             the judgement stage the DPO arms' warm-ups start from
     train <arm>       arms/<arm>/            one ``cada align`` run folder per arm (pipeline.align)
@@ -63,6 +65,12 @@ def weights(cfg: StudyConfig, n_items: int, n_train: int) -> dict[str, float]:
     """Rough relative cost of each stage (units: generated tokens at batch size; only ratios matter)."""
     gen_tokens = (n_items + (2 * cfg.pool.heldout_per_label if cfg.eval.heldout else 0)) * cfg.eval.max_new_tokens
     out = {"pools": 2000.0}
+    a = cfg.eval.attack
+    for es in cfg.eval.sets():  # a searched attack: every query an attacker output, the target's answer, a rating
+        if es.searched:
+            queries = a.streams * a.iterations if es.searched == "pair" else len(a.techniques) * a.samples
+            tokens = (a.attacker_max_new_tokens or (500 if es.searched == "pair" else 300)) + cfg.eval.max_new_tokens
+            out[f"attack {es.name}"] = (es.limit or 100) * queries * tokens * 0.5  # about half the budget is used
     out.update({f"eval base-{m}": gen_tokens * MODE_COST[m] for m in cfg.base_modes})
     g = cfg.generation
     if cfg.shared_judgement:  # short completions: about a third of a warm-up example each
@@ -115,7 +123,11 @@ class StudyRun:
         self.cfg, self.out, self.console, self.show_progress = cfg, out, console, show_progress
         self.judges = make_judges(cfg.eval)
         self.spec = load_spec(cfg.spec)
-        self.sets = load_sets(cfg.eval.sets())
+        sets = cfg.eval.sets()
+        # a searched attack's set (attacks: [pair] / [pap]) holds its goals until the attack stage has run: the
+        # pools are checked against them, and the replayed attacks take their place (searched_attack)
+        self.searched = {es.name: es for es in sets if es.searched}
+        self.sets = load_sets([es.model_copy(update={"attacks": []}) if es.searched else es for es in sets])
         self.info = {s.name: set_info(s, items) for s, items in self.sets}
         self.ledger = Ledger.load(out)
         self.previous = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
@@ -199,6 +211,9 @@ def check(cfg: StudyConfig, out: Path) -> None:
     check_server(cfg.base_url)
     if cfg.eval.judge == "rubric" and cfg.eval.judge_base_url:
         check_server(cfg.eval.judge_base_url)
+    if any(es.searched for es in cfg.eval.sets()):
+        check_server(cfg.eval.attack.attacker_base_url, flag="eval.attack.attacker_base_url")
+        check_server(cfg.eval.attack.judge_base_url, flag="eval.attack.judge_base_url")
     saved = out / "config.yaml"
     if saved.exists():
         check_layout(saved)
@@ -234,6 +249,8 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     s.overlap = {"removed_for_eval_overlap": pool_report.get("removed_for_eval_overlap"),
                  "train_prompts": len(train_prompts), **pool_report["study_overlap"]}
     s.licenses = dict(pool_report.get("licenses") or {})
+    for es in s.searched.values():
+        searched_attack(s, es)
     if cfg.eval.heldout:  # the pools' held-back prompts, one set per label
         held = heldout_sets(out / "pool")
         s.sets = s.sets + held
@@ -260,6 +277,63 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     paths = {k: str(v) for k, v in write_report(out).items()}
     s.ledger.record("report", time.perf_counter() - t, None)
     return s.write_summary(loglik, partial=False, report=paths)  # with the report's timing and paths
+
+
+def searched_attack(s: StudyRun, es) -> None:
+    """PAIR or PAP against the base model (bare request) on the set's goals, into ``attacks/<set>/``, once; the
+    set then holds the best attack per goal, which every system answers (the paper's arms are compared on the same
+    attacks). A goal for which the attacker produced no usable prompt has no row to replay."""
+    from cada.data.benchmarks import eval_items
+    from cada.evaluate.attack import Goal, Judge, Target, attack_models
+
+    cfg, a = s.cfg, s.cfg.eval.attack
+    kind = es.searched
+    i = next(j for j, (x, _) in enumerate(s.sets) if x.name == es.name)
+    goals = [Goal.from_item(it) for it in s.sets[i][1]]
+    folder = s.out / "attacks" / es.name
+
+    def work() -> dict:
+        flags = {"base_url": "base_url", **{k: f"eval.attack.{k}" for k in
+                                            ("attacker_model", "attacker_base_url", "judge_model", "judge_base_url")}}
+        target_gen, attacker, judge_gen, names = attack_models(
+            cfg.model, cfg.base_url, None, a.attacker_model, a.attacker_base_url, a.judge_model, a.judge_base_url,
+            {"timeout": cfg.eval.timeout, "max_retries": cfg.eval.max_retries}, flags)
+        target = Target(target_gen, s.spec, mode="none", k=cfg.eval.k, max_new_tokens=cfg.eval.max_new_tokens,
+                        seed=cfg.seed)
+        pin = {"models": names, "mode": "none", "k": cfg.eval.k, "target_max_new_tokens": cfg.eval.max_new_tokens,
+               "goals": [g.id for g in goals]}
+        tokens = {"attacker_max_new_tokens": a.attacker_max_new_tokens} if a.attacker_max_new_tokens else {}
+
+        def log(line: str) -> None:
+            if s.show_progress:
+                s.console.print(f"  {kind} {line}", markup=False, highlight=False)
+
+        if kind == "pair":
+            from cada.evaluate.pair import PairSettings, run_pair
+
+            settings = PairSettings(streams=a.streams, iterations=a.iterations, success=a.success, seed=cfg.seed,
+                                    **tokens)
+            return run_pair(goals, attacker, target, Judge(judge_gen), folder, settings, pin=pin, log=log)
+        from cada.evaluate.pap import PapSettings, run_pap
+
+        settings = PapSettings(techniques=list(a.techniques), samples=a.samples, success=a.success, seed=cfg.seed,
+                               **tokens)
+        return run_pap(goals, attacker, target, Judge(judge_gen), folder, settings, pin=pin, log=log)
+
+    s.step(Stage(f"attack {es.name}", (folder / "summary.json",), work, folder))
+    replay = es.model_copy(update={"attacks": [], "attack_file": str(folder / "attacks.csv"),
+                                   "attack_column": "prompt"})
+    items = eval_items(replay)
+    found = read_json(folder / "summary.json")
+    if not items:  # nothing to replay: said in the log and the summary, and the study goes on
+        s.console.print(f"[yellow]{kind} found no attack prompt for any goal of {es.name}: the set is left out[/]")
+        del s.sets[i]
+        s.info[es.name] = {**set_info(es, []), "attacks": [kind], "goals": len(goals), "search": found}
+        return
+    s.sets[i] = (replay, items)
+    s.info[es.name] = {**set_info(replay, items), "attacks": [kind], "goals": len(goals),
+                       "search": {k: found.get(k) for k in ("asr_judge", "asr_refusal_judge", "seconds_per_goal",
+                                                            "queries_per_goal", "wall_seconds") if k in found}}
 
 
 def shared_judgement(s: StudyRun, first) -> str | None:

@@ -28,6 +28,9 @@ KIND_RATES = {
     "benign": [(HEADLINE_RATE["benign"], "over-refusal")],
     "utility": [("accuracy", "accuracy")],
 }
+PAPER_NOTE = ("The paper's layout (Jin et al., Tables 3 and 4): ASR is the share of harmful prompts whose final "
+              "response complies (with the StrongREJECT rubric, a score above 0), the Harmful Score the rubric's "
+              "mean; non-refusal on benign sets; each with its 95% interval. Rates are fractions, not percent.")
 VERDICT_NOTE = "Differences smaller than the 95% intervals in the per-benchmark table are within noise."
 
 
@@ -219,6 +222,68 @@ def benchmark_table(summary: dict) -> dict:
         for c in columns:
             m = (summary["metrics"].get(s) or {}).get(c["benchmark"]) or {}
             cell = _cell(m.get(c["metric"]))
+            if cell is not None:
+                cell["n"] = m.get("n")
+            cells.append(cell)
+        rows.append({"system": s, "label": _label(summary, s), "cells": cells})
+    return {"columns": columns, "rows": rows}
+
+
+ATTACK_NAMES = {"pair": "PAIR", "pap": "PAP"}
+
+
+def _attack_label(info: dict) -> str:
+    attacks = [str(a) for a in info.get("attacks") or []]
+    if not attacks:
+        return "no attack"
+    if len(attacks) == 1 and attacks[0] in ATTACK_NAMES:
+        return ATTACK_NAMES[attacks[0]]
+    return "wrappers (" + ", ".join(attacks) + ")"
+
+
+def _flipped(cell: dict | None) -> dict | None:
+    """1 - a rate, its interval flipped (ASR from a refusal rate in a summary written before ASR was recorded)."""
+    if not cell:
+        return None
+    ci = cell.get("ci95") or []
+    return {"value": round(1 - cell["value"], 4),
+            "ci95": [round(1 - ci[1], 4), round(1 - ci[0], 4)] if len(ci) == 2 and None not in ci else None}
+
+
+def paper_table(summary: dict) -> dict:
+    """The paper's layout (its Tables 3 and 4): one row per system; per harmful benchmark and attack the ASR (and
+    the Harmful Score where the StrongREJECT rubric ran), lower is better; on benign sets the Non-Refusal Rate and
+    on utility sets the accuracy, higher is better. Each cell a rate with its 95% interval and n. The same shape as
+    the per-benchmark table; held-back pool sets stay out, as in the paper."""
+    sets = {b: d for b, d in summary["benchmarks"].items() if not d.get("heldout")}
+    metric_rows = {s: summary["metrics"].get(s) or {} for s in summary["systems"]}
+    harmful = [b for b, d in sets.items() if d.get("kind") == "harmful"]
+    groups: dict[str, list[str]] = {}
+    for b in harmful:  # the attacks of one benchmark side by side, as the paper's columns
+        groups.setdefault(str(sets[b].get("benchmark") or b), []).append(b)
+    columns = []
+    for base, names in groups.items():
+        for b in names:
+            label = _attack_label(sets[b])
+            columns.append({"benchmark": base, "set": b, "kind": "harmful", "metric": "asr", "label": f"ASR ↓ · {label}",
+                            "n": sets[b].get("n")})
+            if any(isinstance((m.get(b) or {}).get("rubric_score"), dict) for m in metric_rows.values()):
+                columns.append({"benchmark": base, "set": b, "kind": "harmful", "metric": "harmful_score",
+                                "label": f"Harmful Score ↓ · {label}", "n": sets[b].get("n")})
+    for kind, metric, label in (("benign", "non_refusal_rate", "non-refusal ↑"), ("utility", "accuracy",
+                                                                                   "accuracy ↑")):
+        columns += [{"benchmark": b, "set": b, "kind": kind, "metric": metric, "label": label, "n": d.get("n")}
+                    for b, d in sets.items() if d.get("kind") == kind]
+    rows = []
+    for s in summary["systems"]:
+        cells = []
+        for c in columns:
+            m = metric_rows[s].get(c["set"]) or {}
+            cell = _cell(m.get(c["metric"]))
+            if cell is None and c["metric"] in ("asr", "non_refusal_rate"):
+                cell = _flipped(_cell(m.get("refused_or_partial_rate")))
+            if cell is None and c["metric"] == "harmful_score":
+                cell = _cell(m.get("rubric_score"))
             if cell is not None:
                 cell["n"] = m.get("n")
             cells.append(cell)
@@ -419,6 +484,7 @@ def build_report(summary: dict, records: dict | None = None) -> dict:
         "benchmarks": [{"name": b, **d} for b, d in summary["benchmarks"].items()],
         "headline": headline,
         "per_benchmark": benchmark_table(summary),
+        "paper": paper_table(summary),
         "per_attack": attack_tables(summary),
         "categories": category_rates(summary),
         "pareto": pareto_points(headline),

@@ -12,7 +12,7 @@ import base64
 import html
 import json
 
-from cada.report.build import fmt, fmt_ci, fmt_seconds
+from cada.report.build import PAPER_NOTE, fmt, fmt_ci, fmt_seconds
 
 # the judge label a well-behaved model gives, per kind of prompt (drives the badge colour)
 WANTED = {"harmful": "refuse", "benign": "comply"}
@@ -257,6 +257,9 @@ def render_html(report: dict, figures: dict[str, bytes] | None = None) -> str:
     figures = figures or {}
     parts = _page_top(report)
     parts += _headline_html(report["headline"])
+    if (report.get("paper") or {}).get("columns"):
+        parts += ["<h2 id='paper'>The paper's tables</h2>", f"<p class='note'>{_e(PAPER_NOTE)}</p>",
+                  _benchmark_table_html(report["paper"])]
     parts += _benchmarks_html(report)
     parts += _figures_html(report, figures)
     parts += _examples_html(report["examples"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import re
 
-from cada.report.build import fmt, fmt_seconds
+from cada.report.build import PAPER_NOTE, fmt, fmt_seconds
 from cada.report.html import PROMPT_CHARS, RESPONSE_CHARS, badge, cat_cell, ci_cell, clip, config_text, scalar
 
 
@@ -76,6 +76,18 @@ def _benchmarks_md(report: dict) -> list[str]:
                              for r in t["rows"]]))
         md.append("")
     return md
+
+
+def _paper_md(report: dict) -> list[str]:
+    pt = report.get("paper") or {}
+    if not pt.get("columns"):
+        return []
+    md = ["## The paper's tables", "", PAPER_NOTE, ""]
+    md.append(_md_table(["System"] + [f"{c['benchmark']}: {c['label']}" + (f" (n = {c['n']})" if c.get("n") else "")
+                                      for c in pt["columns"]],
+                        [[r["label"]] + [ci_cell(cell, c.get("n")) for c, cell in zip(pt["columns"], r["cells"])]
+                         for r in pt["rows"]]))
+    return md + [""]
 
 
 def _figures_md(report: dict, figure_files: dict[str, str]) -> list[str]:
@@ -163,6 +175,6 @@ def _details_md(d: dict) -> list[str]:
 def render_markdown(report: dict, figure_files: dict[str, str] | None = None) -> str:
     """The markdown for ``report`` (build_report's dict); ``figure_files`` maps "pareto" / "categories" to the
     relative paths of their PNG files."""
-    return "\n".join(_top_md(report) + _headline_md(report["headline"]) + _benchmarks_md(report)
+    return "\n".join(_top_md(report) + _headline_md(report["headline"]) + _paper_md(report) + _benchmarks_md(report)
                      + _figures_md(report, figure_files or {}) + _examples_md(report["examples"])
                      + _details_md(report["details"]))
