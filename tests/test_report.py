@@ -368,3 +368,20 @@ def test_the_report_lists_the_data_licenses_of_the_training_sources(study, tmp_p
                                                                             "or_bench_80k": "CC-BY-4.0"}
     bare = write_report(make_study(tmp_path, minimal=True))["md"].read_text()  # a study from before: said so
     assert "### Training data licenses\n\nNot recorded" in bare
+
+
+def test_the_paper_s_table_groups_attacks_under_their_benchmark_and_derives_asr_from_old_summaries(study):
+    """Rows = systems; per harmful benchmark one ASR column per attack (no attack, wrappers), then benign
+    non-refusal and utility accuracy. These metrics predate `asr`: ASR is 1 - refused-or-partial, the interval
+    flipped."""
+    root, paths, html_text, md = study
+    report = json.loads(paths["json"].read_text())
+    pt = report["paper"]
+    assert [(c["benchmark"], c["label"]) for c in pt["columns"]] == [
+        ("strongreject-small", "ASR ↓ · no attack"),
+        ("strongreject-small", "ASR ↓ · wrappers (prefix_injection, refusal_suppression)"),
+        ("xstest-safe", "non-refusal ↑"), ("gsm8k", "accuracy ↑")]
+    cada = next(r for r in pt["rows"] if r["system"] == "cada")
+    assert cada["cells"][0] == {"value": 0.15, "ci95": [0.0, 0.35], "n": 20}  # refusal 0.85 [0.65, 1.0]
+    assert cada["cells"][2]["value"] == 0.95  # over-refusal 0.05
+    assert "## The paper's tables" in md and "<h2 id='paper'>" in html_text

@@ -259,8 +259,9 @@ def paper_table(summary: dict) -> dict:
     metric_rows = {s: summary["metrics"].get(s) or {} for s in summary["systems"]}
     harmful = [b for b, d in sets.items() if d.get("kind") == "harmful"]
     groups: dict[str, list[str]] = {}
-    for b in harmful:  # the attacks of one benchmark side by side, as the paper's columns
-        groups.setdefault(str(sets[b].get("benchmark") or b), []).append(b)
+    for b in harmful:  # the attacks of one benchmark side by side, as the paper's columns (a summary that predates
+        # the sets' `benchmark` key: by the suites' naming, "<benchmark>+<attack>")
+        groups.setdefault(str(sets[b].get("benchmark") or b.split("+")[0]), []).append(b)
     columns = []
     for base, names in groups.items():
         for b in names:
