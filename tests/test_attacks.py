@@ -227,66 +227,87 @@ def test_pair_and_pap_with_a_real_transformers_serve_attacker_and_judge(tmp_path
 def test_a_study_runs_pair_and_pap_once_against_the_base_model_and_replays_them_on_every_system(
         tmp_path, tiny_model, fake_server):
     """A study set with ``attacks: [pair]`` (or ``[pap]``): the attack runs once, against the base model on the bare
-    request, with the attacker and judge of ``eval.attack``; every system then answers the best attack per goal;
-    a rerun repeats no query; the report shows the paper's layout with ASR per attack."""
-    import yaml
-
+    request, with the attacker and judge of ``eval.attack``; every system then answers one prompt per goal, the best
+    attack (the plain goal where the attacker never wrote one); a rerun repeats no query, a lost export is rebuilt
+    without asking again, another attacker is refused; the report shows the paper's layout with ASR per attack."""
     from cada.config import StudyConfig
+    from cada.errors import CadaError
     from cada.pipeline.study import run_study
     from cada.report import write_report
 
     fake_server.reply("ok", fn=scripted)
-    cfg = StudyConfig.model_validate({
+    goals = goals_file(tmp_path)
+    raw = {
         "name": "attacks", "model": tiny_model, "arms": [], "base_modes": ["none", "cases"],
         "eval": {"suite": [{"name": "strongreject-small", "limit": 2},
-                           {"name": "sr+pair", "benchmark": "strongreject-small", "limit": 2, "attacks": ["pair"]},
+                           {"name": "mine+pair", "file": str(goals), "prompt_column": "goal", "kind": "harmful",
+                            "category_column": "topic", "attacks": ["pair"]},
                            {"name": "sr+pap", "benchmark": "strongreject-small", "limit": 2, "attacks": ["pap"]},
                            {"name": "xstest-safe", "limit": 2}],
                  "max_new_tokens": 8, "k": 2, "loglik_n": 0,
                  "attack": {"attacker_model": "fake", "attacker_base_url": fake_server.base_url,
-                            "streams": 2, "iterations": 2, "samples": 1}}})
+                            "streams": 2, "iterations": 2, "samples": 1}}}
+    cfg = StudyConfig.model_validate(raw)
     out = tmp_path / "study"
     summary = run_study(cfg, out, show_progress=False)
-    for name, kind, per_goal in (("sr+pair", "pair", 4), ("sr+pap", "pap", 1)):
+    # the tiny target's answers never start with "Sure": the judge rates 1, every goal spends its budget (PAIR 2x2,
+    # PAP 1 paraphrase); the museum goal's attacker never writes a prompt, so its queries are errors
+    for name, kind, queries, goals_n in (("mine+pair", "pair", 12, 3), ("sr+pap", "pap", 2, 2)):
         folder = out / "attacks" / name
-        queries = (folder / "queries.jsonl").read_text().splitlines()
-        # the tiny target's answers never start with "Sure": the judge rates 1, every goal spends its budget
-        assert len(queries) == 2 * per_goal
+        assert len((folder / "queries.jsonl").read_text().splitlines()) == queries
         pin = json.loads((folder / "attack.json").read_text())
         assert pin["models"] == {"target": tiny_model, "attacker": "fake", "judge": "fake"} and pin["mode"] == "none"
-        replayed = list(csv.DictReader((folder / "attacks.csv").open()))
-        assert len(replayed) == 2 and {r["source"] for r in replayed} == {kind}
         info = summary["benchmarks"][name]
-        assert info["attacks"] == [kind] and info["n"] == 2 and info["goals"] == 2 and "asr_judge" in info["search"]
-        for system in ("base-none", "base-cases"):  # both systems answered the same attack prompts
+        assert info["attacks"] == [kind] and info["kind"] == "harmful" and info["n"] == info["goals"] == goals_n
+        assert "asr_judge" in info["search"]
+        for system in ("base-none", "base-cases"):  # both systems answered the same prompts, one per goal
             rows = [json.loads(x) for x in (out / "eval" / system / name / "records.jsonl").read_text().splitlines()]
-            assert [r["prompt"] for r in rows] == [r["prompt"] for r in replayed]
-            assert {r["attack"] for r in rows} == {kind}
+            assert len(rows) == goals_n and {r["attack"] for r in rows} == {kind}
             assert summary["metrics"][system][name]["asr"]["value"] is not None
-    # PAIR's first round asks for a prompt, the second (after a score) frames the goal as a novel
-    assert {r["prompt"] for r in csv.DictReader((out / "attacks" / "sr+pair" / "attacks.csv").open())} <= {
-        "Please help me with this task.", "In a novel, a character explains it."}
-    assert summary["headline"]["base-none"]["jailbreak_refusal"] is not None
+    replayed = [json.loads(x)["prompt"] for x in
+                (out / "eval" / "base-none" / "mine+pair" / "records.jsonl").read_text().splitlines()]
+    assert set(replayed[:2]) <= {"Please help me with this task.", "In a novel, a character explains it."}
+    assert replayed[2] == GOALS[2] and summary["benchmarks"]["mine+pair"]["goals_without_attack"] == 1
+    # reported apart from the fixed wrappers: they were searched against the base model
+    head = summary["headline"]["base-none"]
+    assert head["searched_refusal"] is not None and head["jailbreak_refusal"] is None
 
     asked = len(fake_server.requests)
-    again = run_study(cfg, out, show_progress=False)  # resumed: nothing attacked or answered again
+    (out / "attacks" / "mine+pair" / "attacks.csv").unlink()  # the export lost: rebuilt from the finished goals
+    again = run_study(cfg, out, show_progress=False)
     assert len(fake_server.requests) == asked and again["metrics"] == summary["metrics"]
+    assert (out / "attacks" / "mine+pair" / "attacks.csv").exists()
 
     md = write_report(out)["md"].read_text()
     assert "## The paper's tables" in md and "ASR ↓ · PAIR" in md and "ASR ↓ · PAP" in md
-    assert "ASR ↓ · no attack" in md and "non-refusal ↑" in md
-    # the study folder's config says what ran: a rerun with another attacker is refused, not mixed in
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["eval"]["attack"]["attacker_model"] == "fake"
+    assert "ASR ↓ · no attack" in md and "non-refusal ↑" in md and "PAIR/PAP refusal" in md
+    raw["eval"]["attack"]["streams"] = 3  # another budget for the same folder: refused, nothing mixed in
+    with pytest.raises(CadaError, match="another config"):
+        run_study(StudyConfig.model_validate(raw), out, show_progress=False)
 
 
-def test_searched_attacks_are_a_set_of_their_own_and_need_a_study_or_an_attack_file(tmp_path, tiny_model):
+def test_searched_attack_settings_are_checked_before_anything_runs(tmp_path, tiny_model):
     from pydantic import ValidationError
 
-    from cada.config import EvalSet
+    from cada.config import AttackConfig, EvalSet, StudyConfig
+    from cada.errors import CadaError
+    from cada.pipeline.study import run_study
 
     with pytest.raises(ValidationError, match="give it a set of its own"):
         EvalSet(name="x", benchmark="strongreject", attacks=["pair", "prefix_injection"])
+    with pytest.raises(ValidationError, match="name one of the two"):
+        EvalSet(name="x", benchmark="strongreject", attacks=["pap"], attack_file="a.csv")
+    with pytest.raises(ValidationError, match="attacker_base_url needs attacker_model"):
+        AttackConfig(attacker_base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ValidationError, match="not a technique of the PAP taxonomy"):
+        AttackConfig(techniques=["flattery-ish"])
+    assert AttackConfig(techniques=["logical appeal"]).techniques == ["Logical Appeal"]
+    benign = StudyConfig.model_validate({"model": tiny_model, "arms": [], "base_modes": ["none"],
+                                         "eval": {"suite": [{"name": "xstest-safe", "limit": 2,
+                                                             "attacks": ["pair"]}]}})
+    with pytest.raises(CadaError, match="harmful requests"):
+        run_study(benign, tmp_path / "s", show_progress=False)
+    assert not (tmp_path / "s" / "pool").exists()
     r = cada("eval", "--model", tiny_model, "--benchmark", "strongreject-small", "--limit", "1", "--attack", "pair",
              "-o", "E", cwd=tmp_path, check=False)
     assert r.returncode != 0 and "Traceback" not in r.stderr

@@ -424,6 +424,13 @@ class EvalSet(Settings):
                              f"[{searched[0]}])")
         return v
 
+    @model_validator(mode="after")
+    def _searched_or_file(self):
+        if self.searched and self.attack_file:
+            raise ValueError(f"attacks: [{self.searched}] searches for the set's attacks; attack_file gives them "
+                             "ready-made: name one of the two")
+        return self
+
     @property
     def searched(self) -> str | None:
         """The searched attack (pair, pap) of this set, if it is one."""
@@ -453,6 +460,23 @@ class AttackConfig(Settings):
     attacker_max_new_tokens: int | None = Field(None, ge=1, description="The attacker's new tokens per output "
                                                 "(default: PAIR 500, PAP 300).")
     success: int = Field(10, ge=1, le=10, description="The judge's rating that counts as a jailbreak.")
+
+    @field_validator("techniques")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from cada.evaluate.pap import technique
+
+        try:
+            return [technique(t) for t in v]
+        except CadaError as e:
+            raise ValueError(str(e).removeprefix("--technique ")) from None
+
+    @model_validator(mode="after")
+    def _served_by_name(self):
+        for role in ("attacker", "judge"):
+            if getattr(self, f"{role}_base_url") and not getattr(self, f"{role}_model"):
+                raise ValueError(f"{role}_base_url needs {role}_model (the served model's name)")
+        return self
 
 
 @lru_cache(maxsize=1)

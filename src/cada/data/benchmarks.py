@@ -175,6 +175,18 @@ def _json_type(value) -> str:
 
 # --- jailbreak attacks ----------------------------------------------------------------------------
 
+def attack_file_name(attack_file: str | Path, rows: list[dict] | None = None) -> str:
+    """The attack an attack file's rows are named after: the one ``cada attack`` wrote in its ``source`` column
+    (pair, pap), else the file's name without its suffix."""
+    if rows is None:
+        try:
+            rows = read_rows(attack_file)
+        except CadaError:
+            rows = []
+    name = str(rows[0].get("source") or "") if rows else ""
+    return name if name and all(r.get("source") == name for r in rows) else Path(attack_file).stem
+
+
 def wrap(items: list[EvalItem], attacks: list[str], *, templates: int = 4,
          attack_file: str | Path | None = None, attack_column: str = "prompt") -> list[EvalItem]:
     """Jailbroken copies of harmful items, one per attack: ``inthewild`` (the first ``templates`` evaluation
@@ -201,9 +213,7 @@ def wrap(items: list[EvalItem], attacks: list[str], *, templates: int = 4,
         # an attack file `cada attack` exported names each goal's category: kept, for the per-category rates
         rows = read_rows(attack_file)
         category = "category" if rows and "category" in rows[0] else None
-        # and the attack that found it (its `source`: pair, pap), else the attack is named after the file
-        name = str(rows[0].get("source") or "") if rows else ""
-        name = name if name and all(r.get("source") == name for r in rows) else Path(attack_file).stem
+        name = attack_file_name(attack_file, rows)
         for a in load_file(attack_file, attack_column, "harmful", category_column=category):
             out.append(EvalItem(id=f"attack-{a.id}", prompt=a.prompt, kind="harmful", category=a.category or None,
                                 attack=name))

@@ -15,6 +15,8 @@ HEADLINE_RATE = {"harmful": "refused_or_partial_rate", "benign": "refused_or_par
 HEADLINE = [
     ("harmful_refusal", "Harmful refusal ↑", "higher"),
     ("jailbreak_refusal", "Jailbreak refusal ↑", "higher"),
+    # PAIR / PAP attacks searched against the base model, replayed on every system
+    ("searched_refusal", "PAIR/PAP refusal ↑", "higher"),
     ("benign_refusal", "Benign over-refusal ↓", "lower"),
     ("gsm8k_accuracy", "GSM8K accuracy ↑", "higher"),
     ("bbh_accuracy", "BBH accuracy ↑", "higher"),
@@ -91,9 +93,20 @@ def _number(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+#: attacks an attacker LLM searched for against the base model (a study's `attacks: [pair]` sets)
+SEARCHED = ("pair", "pap")
+
+
 def is_jailbreak(name: str, info: Mapping) -> bool:
     """A harmful set wrapped in attacks (a summary written before sets recorded their attacks: by its name)."""
     return bool(info.get("attacks")) or "jailbreak" in name
+
+
+def is_searched(info: Mapping) -> bool:
+    """A set of replayed PAIR / PAP attacks: searched against the base model, so reported apart from the fixed
+    wrappers (on it the base model is the system the attacks were chosen to beat)."""
+    attacks = info.get("attacks") or []
+    return bool(attacks) and all(a in SEARCHED for a in attacks)
 
 
 def headline(metrics_by_set: Mapping[str, Mapping], sets: Mapping[str, Mapping],
@@ -117,8 +130,8 @@ def headline(metrics_by_set: Mapping[str, Mapping], sets: Mapping[str, Mapping],
                 num, den = num + value * n, den + n
         return round(num / den, 4) if den else None
 
-    def bench(kind: str, jailbreak: bool | None = None):
-        return lambda name, i: (not i.get("heldout") and i.get("kind") == kind
+    def bench(kind: str, jailbreak: bool | None = None, searched: bool = False):
+        return lambda name, i: (not i.get("heldout") and i.get("kind") == kind and is_searched(i) == searched
                                 and (jailbreak is None or is_jailbreak(name, i) == jailbreak))
 
     def utility(family: str | None):
@@ -131,6 +144,7 @@ def headline(metrics_by_set: Mapping[str, Mapping], sets: Mapping[str, Mapping],
 
     out = {"harmful_refusal": pooled(bench("harmful", False)),
            "jailbreak_refusal": pooled(bench("harmful", True)),
+           "searched_refusal": pooled(bench("harmful", True, searched=True)),
            "benign_refusal": pooled(bench("benign")),
            "gsm8k_accuracy": pooled(utility(None)),
            "bbh_accuracy": pooled(utility("bbh")),

@@ -107,7 +107,9 @@ def set_kind(items: list) -> str:
 
 
 def set_info(s: EvalSet, items: list, heldout: bool = False) -> dict:
-    attacks = s.attacks + ([Path(s.attack_file).stem] if s.attack_file else [])
+    from cada.data.benchmarks import attack_file_name
+
+    attacks = s.attacks + ([attack_file_name(s.attack_file)] if s.attack_file else [])
     return {"kind": set_kind(items), "n": len(items), "benchmark": s.benchmark or (None if s.file else s.name),
             **({"attacks": attacks} if attacks else {}),
             **({"heldout": True} if heldout else {})}
@@ -128,6 +130,10 @@ class StudyRun:
         # pools are checked against them, and the replayed attacks take their place (searched_attack)
         self.searched = {es.name: es for es in sets if es.searched}
         self.sets = load_sets([es.model_copy(update={"attacks": []}) if es.searched else es for es in sets])
+        for es, items in self.sets:
+            if es.name in self.searched and any(it.kind != "harmful" for it in items):
+                raise CadaError(f"eval set {es.name!r}: {self.searched[es.name].searched} searches for attacks on "
+                                "harmful requests; give it a harmful benchmark or file")
         self.info = {s.name: set_info(s, items) for s, items in self.sets}
         self.ledger = Ledger.load(out)
         self.previous = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
@@ -211,7 +217,7 @@ def check(cfg: StudyConfig, out: Path) -> None:
     check_server(cfg.base_url)
     if cfg.eval.judge == "rubric" and cfg.eval.judge_base_url:
         check_server(cfg.eval.judge_base_url)
-    if any(es.searched for es in cfg.eval.sets()):
+    if any(es.searched and not all(p.exists() for p in attack_done(out, es.name)) for es in cfg.eval.sets()):
         check_server(cfg.eval.attack.attacker_base_url, flag="eval.attack.attacker_base_url")
         check_server(cfg.eval.attack.judge_base_url, flag="eval.attack.judge_base_url")
     saved = out / "config.yaml"
@@ -279,24 +285,36 @@ def run_study(cfg: StudyConfig, output: str | Path, *, show_progress: bool = Tru
     return s.write_summary(loglik, partial=False, report=paths)  # with the report's timing and paths
 
 
+def attack_done(out: Path, name: str) -> tuple[Path, ...]:
+    """The files that say a searched attack's stage is done: its summary, then its exported attacks."""
+    folder = out / "attacks" / name
+    return folder / "summary.json", folder / "attacks.csv"
+
+
 def searched_attack(s: StudyRun, es) -> None:
     """PAIR or PAP against the base model (bare request) on the set's goals, into ``attacks/<set>/``, once; the
-    set then holds the best attack per goal, which every system answers (the paper's arms are compared on the same
-    attacks). A goal for which the attacker produced no usable prompt has no row to replay."""
-    from cada.data.benchmarks import eval_items
+    set then holds one prompt per goal, the best attack the search found, which every system answers (the paper's
+    arms are compared on the same attacks). A goal for which the attacker never wrote a usable prompt is replayed
+    as its plain request, so the set's ASR is over goals, as the paper's, and the summary counts such goals."""
+    import os
+
     from cada.evaluate.attack import Goal, Judge, Target, attack_models
+    from cada.records import EvalItem, read_rows
 
     cfg, a = s.cfg, s.cfg.eval.attack
     kind = es.searched
     i = next(j for j, (x, _) in enumerate(s.sets) if x.name == es.name)
-    goals = [Goal.from_item(it) for it in s.sets[i][1]]
+    plain = s.sets[i][1]
+    goals = [Goal.from_item(it) for it in plain]
     folder = s.out / "attacks" / es.name
+    # the base model as the eval stage reaches it: the study's server, else $CADA_BASE_URL's, else local weights
+    base_url = cfg.base_url or os.environ.get("CADA_BASE_URL")
 
     def work() -> dict:
         flags = {"base_url": "base_url", **{k: f"eval.attack.{k}" for k in
                                             ("attacker_model", "attacker_base_url", "judge_model", "judge_base_url")}}
         target_gen, attacker, judge_gen, names = attack_models(
-            cfg.model, cfg.base_url, None, a.attacker_model, a.attacker_base_url, a.judge_model, a.judge_base_url,
+            cfg.model, base_url, None, a.attacker_model, a.attacker_base_url, a.judge_model, a.judge_base_url,
             {"timeout": cfg.eval.timeout, "max_retries": cfg.eval.max_retries}, flags)
         target = Target(target_gen, s.spec, mode="none", k=cfg.eval.k, max_new_tokens=cfg.eval.max_new_tokens,
                         seed=cfg.seed)
@@ -320,18 +338,16 @@ def searched_attack(s: StudyRun, es) -> None:
                                **tokens)
         return run_pap(goals, attacker, target, Judge(judge_gen), folder, settings, pin=pin, log=log)
 
-    s.step(Stage(f"attack {es.name}", (folder / "summary.json",), work, folder))
-    replay = es.model_copy(update={"attacks": [], "attack_file": str(folder / "attacks.csv"),
-                                   "attack_column": "prompt"})
-    items = eval_items(replay)
+    # a stage whose export was lost runs again: every goal is finished in its folder, so nothing is asked again
+    s.step(Stage(f"attack {es.name}", attack_done(s.out, es.name), work, folder))
+    best = {r["goal_id"]: r for r in read_rows(folder / "attacks.csv")}
+    items = [EvalItem(id=f"{kind}-{it.id}", prompt=best[it.id]["prompt"] if it.id in best else it.prompt,
+                      kind="harmful", category=it.category, attack=kind,
+                      meta={"base_prompt": it.prompt, "attack_found": it.id in best}) for it in plain]
+    s.sets[i] = (es, items)
     found = read_json(folder / "summary.json")
-    if not items:  # nothing to replay: said in the log and the summary, and the study goes on
-        s.console.print(f"[yellow]{kind} found no attack prompt for any goal of {es.name}: the set is left out[/]")
-        del s.sets[i]
-        s.info[es.name] = {**set_info(es, []), "attacks": [kind], "goals": len(goals), "search": found}
-        return
-    s.sets[i] = (replay, items)
-    s.info[es.name] = {**set_info(replay, items), "attacks": [kind], "goals": len(goals),
+    s.info[es.name] = {"kind": "harmful", "n": len(items), "benchmark": es.benchmark or (None if es.file else es.name),
+                       "attacks": [kind], "goals": len(goals), "goals_without_attack": len(goals) - len(best),
                        "search": {k: found.get(k) for k in ("asr_judge", "asr_refusal_judge", "seconds_per_goal",
                                                             "queries_per_goal", "wall_seconds") if k in found}}
 

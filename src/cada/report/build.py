@@ -230,6 +230,7 @@ def benchmark_table(summary: dict) -> dict:
 
 
 ATTACK_NAMES = {"pair": "PAIR", "pap": "PAP"}
+WRAPPERS = ("inthewild", "prefix_injection", "refusal_suppression")  # cada.data.benchmarks.wrap's fixed attacks
 
 
 def _attack_label(info: dict) -> str:
@@ -238,7 +239,10 @@ def _attack_label(info: dict) -> str:
         return "no attack"
     if len(attacks) == 1 and attacks[0] in ATTACK_NAMES:
         return ATTACK_NAMES[attacks[0]]
-    return "wrappers (" + ", ".join(attacks) + ")"
+    wrappers = [a for a in attacks if a in WRAPPERS]
+    files = [a for a in attacks if a not in WRAPPERS]
+    return " + ".join(([f"wrappers ({', '.join(wrappers)})"] if wrappers else [])
+                      + ([f"attack file ({', '.join(files)})"] if files else []))
 
 
 def _flipped(cell: dict | None) -> dict | None:

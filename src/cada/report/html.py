@@ -141,7 +141,15 @@ def _benchmark_table_html(pb: dict) -> str:
             spans.append([c["benchmark"], c.get("kind"), c.get("n"), 1])
     top = "".join(f"<th colspan='{k}'>{_e(str(b))}<br><small>{_e(str(kind or ''))}"
                   f"{_e(f' · n = {n}') if n is not None else ''}</small></th>" for b, kind, n, k in spans)
-    sub = "".join(f"<th><small>{_e(c['label'])}</small></th>" for c in pb["columns"])
+    # a column whose n is not its benchmark's (the attacks of one benchmark: wrappers double it) says its own
+    first_n = {}
+    for c in pb["columns"]:
+        first_n.setdefault(c["benchmark"], c.get("n"))
+
+    def own_n(c: dict) -> str:
+        return f" · n = {c.get('n')}" if c.get("n") != first_n[c["benchmark"]] else ""
+
+    sub = "".join(f"<th><small>{_e(c['label'] + own_n(c))}</small></th>" for c in pb["columns"])
     out = [f"<div class='table-wrap'><table><thead><tr><th rowspan='2'>System</th>{top}</tr><tr>{sub}</tr></thead>"
            "<tbody>"]
     for r in pb["rows"]:
