@@ -258,8 +258,13 @@ def test_shipped_presets_load_and_use_only_evaluation_sets_for_evaluation():
     with pytest.raises(CadaError, match=r"embedded-full.yaml: a study's config .*cada study --config"):
         AlignConfig.from_yaml(ROOT / "recipes" / "embedded-full.yaml")
     demo = demo_config()
-    assert demo.eval.sets() == suites()["demo"]
-    items = [it for s in demo.eval.sets() for it in eval_items(s)]
+    # the demo is a slice of the paper's study: cada eval's demo suite plus a PAIR slice, the RL arm and the
+    # paper's two trained baselines, on plain BeaverTails requests
+    assert [s for s in demo.eval.sets() if not s.searched] == suites()["demo"]
+    assert [s.searched for s in demo.eval.sets() if s.searched] == ["pair"]
+    assert demo.arms == ["cada", "dpo-cr", "da"] and demo.pool.sources == ["beavertails"]
+    assert demo.pool.jailbreak_share == 0
+    items = [it for s in demo.eval.sets() if not s.searched for it in eval_items(s)]
     kinds = {it.kind for it in items}
     assert kinds == {"harmful", "benign", "utility"}
     assert {it.attack for it in items if it.attack} == {"prefix_injection", "refusal_suppression"}
