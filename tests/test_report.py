@@ -385,3 +385,5 @@ def test_the_paper_s_table_groups_attacks_under_their_benchmark_and_derives_asr_
     assert cada["cells"][0] == {"value": 0.15, "ci95": [0.0, 0.35], "n": 20}  # refusal 0.85 [0.65, 1.0]
     assert cada["cells"][2]["value"] == 0.95  # over-refusal 0.05
     assert "## The paper's tables" in md and "<h2 id='paper'>" in html_text
+    # what the study's n can show, in the summary: its smallest safety set has 20 prompts
+    assert "With 20 prompts in its smallest safety set" in report["summary"] and "±0.22" in report["summary"]

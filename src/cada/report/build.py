@@ -467,6 +467,7 @@ def summary_text(summary: dict) -> str:
         text += (f" The arms self-generated on {limit} prompts per label: a size that shows the pipeline at work, "
                  "not what the method reaches with the whole training pools (docs/training.md in the cada "
                  "repository; recipes/embedded-full.yaml).")
+    text += resolution_text(summary)
     if summary.get("partial"):
         by_system = summary.get("metrics") or {}
         done = [s for s in summary["systems"] if by_system.get(s)]
@@ -474,6 +475,30 @@ def summary_text(summary: dict) -> str:
                 f"({'; '.join(_label(summary, s) for s in done) or 'none'}), and the model utility figures come at "
                 "the end. Run the same study command to continue it. " + text)
     return text
+
+
+def resolution_text(summary: dict) -> str:
+    """What the study's sizes can show: with the smallest harmful or benign benchmark's n, the half-width of a 95%
+    interval around a rate near 0.5, and the smallest difference between two systems it can tell from noise (two
+    independent rates: sqrt(2) times that). Said when that n is under 100; empty otherwise.
+
+    >>> t = resolution_text({"benchmarks": {"a": {"kind": "harmful", "n": 16}, "b": {"kind": "utility", "n": 8}}})
+    >>> "16 prompts" in t and "±0.24" in t and "under about 0.35" in t
+    True
+    >>> resolution_text({"benchmarks": {"a": {"kind": "harmful", "n": 100}}})
+    ''
+    """
+    ns = [d.get("n") for d in summary["benchmarks"].values()
+          if d.get("kind") in ("harmful", "benign") and not d.get("heldout") and isinstance(d.get("n"), int)
+          and d.get("n") > 0]
+    if not ns or min(ns) >= 100:
+        return ""
+    n = min(ns)
+    half = 1.96 * math.sqrt(0.25 / n)
+    return (f" With {n} prompts in its smallest safety set, a rate near 0.5 is known to about ±{half:.2f} (95%), "
+            f"so a difference between two systems under about {math.sqrt(2) * half:.2f} there cannot be told from "
+            "noise; near 0 or 1 the intervals are narrower. It can show a large effect and that the pipeline runs, "
+            "not a small one.")
 
 
 def build_report(summary: dict, records: dict | None = None) -> dict:
