@@ -182,7 +182,8 @@ def _page_top(report: dict) -> list[str]:
             f"wall time {fmt_seconds(d['wall_seconds'])}" if d.get("wall_seconds") is not None else None]
     if any(meta):
         parts.append(f"<p class='meta'>{_e(' · '.join(m for m in meta if m))}</p>")
-    parts.append("<nav><a href='#headline'>Headline</a><a href='#benchmarks'>Per benchmark</a>"
+    paper = "<a href='#paper'>The paper's tables</a>" if (report.get("paper") or {}).get("columns") else ""
+    parts.append(f"<nav><a href='#headline'>Headline</a>{paper}<a href='#benchmarks'>Per benchmark</a>"
                  "<a href='#pareto'>Safety vs over-refusal</a><a href='#categories'>By category</a>"
                  "<a href='#examples'>Examples</a><a href='#details'>Run details</a></nav>")
     parts.append(f"<p>{_e(report['summary'])}</p>")
