@@ -270,8 +270,8 @@ def paper_table(summary: dict) -> dict:
     for base, names in groups.items():
         for b in names:
             label = _attack_label(sets[b])
-            columns.append({"benchmark": base, "set": b, "kind": "harmful", "metric": "asr", "label": f"ASR ↓ · {label}",
-                            "n": sets[b].get("n")})
+            columns.append({"benchmark": base, "set": b, "kind": "harmful", "metric": "asr",
+                            "label": f"ASR ↓ · {label}", "n": sets[b].get("n")})
             if any(isinstance((m.get(b) or {}).get("rubric_score"), dict) for m in metric_rows.values()):
                 columns.append({"benchmark": base, "set": b, "kind": "harmful", "metric": "harmful_score",
                                 "label": f"Harmful Score ↓ · {label}", "n": sets[b].get("n")})
