@@ -304,7 +304,12 @@ def test_a_small_run_says_it_shows_the_pipeline_not_the_quality():
     base = {"systems": {"cada": {"label": "CADA"}}, "benchmarks": {"sr": {"kind": "harmful", "n": 4}},
             "training": {"cada": {"seconds": 1}}}
     small = summary_text({**base, "config": {"pool": {"limit_per_label": 24}}})
-    assert "24 prompts per label" in small and "recipes/embedded-full.yaml" in small
+    assert "24 prompts per label" in small and "recipes/paper.yaml" in small
+    # and what its n can show: the fixed sets' smallest n, a slice of replayed attacks said apart
+    assert "With 4 prompts in its smallest safety set" in small and "±0.49" in small
+    sliced = summary_text({**base, "benchmarks": {"sr": {"kind": "harmful", "n": 16},
+                                                  "sr+pair": {"kind": "harmful", "n": 4, "attacks": ["pair"]}}})
+    assert "With 16 prompts" in sliced and "PAIR/PAP sets are smaller still (n = 4)" in sliced
     assert "prompts per label" not in summary_text({**base, "config": {"pool": {"limit_per_label": 250}}})
     assert "prompts per label" not in summary_text({**base, "config": {"pool": {"limit_per_label": None}}})
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cada.errors import CadaError
 # the one definition of the headline and the verdict
-from cada.evaluate.metrics import HEADLINE, HEADLINE_RATE, VERDICT_MEASURES
+from cada.evaluate.metrics import HEADLINE, HEADLINE_RATE, VERDICT_MEASURES, is_searched
 from cada.evaluate.metrics import headline as pooled_headline
 from cada.evaluate.metrics import verdict as checked_verdict
 from cada.records import read_records
@@ -464,9 +464,9 @@ def summary_text(summary: dict) -> str:
     cfg = summary.get("config") if isinstance(summary.get("config"), dict) else {}
     limit = (cfg.get("pool") or {}).get("limit_per_label") if isinstance(cfg.get("pool"), dict) else None
     if isinstance(limit, int) and limit < 100 and summary.get("training"):
-        text += (f" The arms self-generated on {limit} prompts per label: a size that shows the pipeline at work, "
-                 "not what the method reaches with the whole training pools (docs/training.md in the cada "
-                 "repository; recipes/embedded-full.yaml).")
+        text += (f" The arms trained on {limit} prompts per label: a size that shows the pipeline at work, not what "
+                 "the method reaches at the paper's 500 (recipes/paper.yaml and docs/training.md in the cada "
+                 "repository).")
     text += resolution_text(summary)
     if summary.get("partial"):
         by_system = summary.get("metrics") or {}
@@ -488,17 +488,23 @@ def resolution_text(summary: dict) -> str:
     >>> resolution_text({"benchmarks": {"a": {"kind": "harmful", "n": 100}}})
     ''
     """
-    ns = [d.get("n") for d in summary["benchmarks"].values()
-          if d.get("kind") in ("harmful", "benign") and not d.get("heldout") and isinstance(d.get("n"), int)
-          and d.get("n") > 0]
-    if not ns or min(ns) >= 100:
+    def sizes(searched: bool) -> list[int]:
+        return [d["n"] for d in summary["benchmarks"].values()
+                if d.get("kind") in ("harmful", "benign") and not d.get("heldout") and isinstance(d.get("n"), int)
+                and d["n"] > 0 and is_searched(d) == searched]
+
+    # the fixed sets first: a slice of replayed PAIR / PAP attacks is often smaller, and said apart
+    ns, few = sizes(False) or sizes(True), sizes(True)
+    if not ns or min(ns + few) >= 100:
         return ""
     n = min(ns)
     half = 1.96 * math.sqrt(0.25 / n)
-    return (f" With {n} prompts in its smallest safety set, a rate near 0.5 is known to about ±{half:.2f} (95%), "
+    text = (f" With {n} prompts in its smallest safety set, a rate near 0.5 is known to about ±{half:.2f} (95%), "
             f"so a difference between two systems under about {math.sqrt(2) * half:.2f} there cannot be told from "
-            "noise; near 0 or 1 the intervals are narrower. It can show a large effect and that the pipeline runs, "
-            "not a small one.")
+            "noise; near 0 or 1 the intervals are narrower.")
+    if few and min(few) < n:
+        text += f" Its replayed PAIR/PAP sets are smaller still (n = {min(few)}): read them as examples."
+    return text + " It can show a large effect and that the pipeline runs, not a small one."
 
 
 def build_report(summary: dict, records: dict | None = None) -> dict:
