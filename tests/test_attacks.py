@@ -131,7 +131,7 @@ def test_pair_stops_at_success_or_budget_records_every_query_and_resumes(tmp_pat
          "--model", "fake", "--base-url", fake_server.base_url, "-o", "R", cwd=tmp_path)
     replay = [json.loads(x) for x in (tmp_path / "R" / "records.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in replay] == [r["prompt"] for r in exported]
-    assert {r["attack"] for r in replay} == {"attacks"} and {r["judge"] for r in replay} == {"comply"}
+    assert {r["attack"] for r in replay} == {"pair"} and {r["judge"] for r in replay} == {"comply"}
     assert [r["category"] for r in replay] == ["crime", "threats"]
 
 
