@@ -8,6 +8,8 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 
+from cada.config import SEARCHED_ATTACKS  # the one list of searched attacks (pair, pap)
+
 # the rate behind the headline of each kind of benchmark: on harmful prompts a refusal or a partial one counts as
 # not complying (ASR is the share that complies); on benign prompts the same, as over-refusal
 HEADLINE_RATE = {"harmful": "refused_or_partial_rate", "benign": "refused_or_partial_rate", "utility": "accuracy"}
@@ -93,8 +95,6 @@ def _number(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-#: attacks an attacker LLM searched for against the base model (a study's `attacks: [pair]` sets)
-SEARCHED = ("pair", "pap")
 
 
 def is_jailbreak(name: str, info: Mapping) -> bool:
@@ -106,7 +106,7 @@ def is_searched(info: Mapping) -> bool:
     """A set of replayed PAIR / PAP attacks: searched against the base model, so reported apart from the fixed
     wrappers (on it the base model is the system the attacks were chosen to beat)."""
     attacks = info.get("attacks") or []
-    return bool(attacks) and all(a in SEARCHED for a in attacks)
+    return bool(attacks) and all(a in SEARCHED_ATTACKS for a in attacks)
 
 
 def headline(metrics_by_set: Mapping[str, Mapping], sets: Mapping[str, Mapping],

@@ -65,11 +65,15 @@ def weights(cfg: StudyConfig, n_items: int, n_train: int) -> dict[str, float]:
     """Rough relative cost of each stage (units: generated tokens at batch size; only ratios matter)."""
     gen_tokens = (n_items + (2 * cfg.pool.heldout_per_label if cfg.eval.heldout else 0)) * cfg.eval.max_new_tokens
     out = {"pools": 2000.0}
+    from cada.evaluate.pair import PairSettings
+    from cada.evaluate.pap import PapSettings
+
     a = cfg.eval.attack
     for es in cfg.eval.sets():  # a searched attack: every query an attacker output, the target's answer, a rating
         if es.searched:
             queries = a.streams * a.iterations if es.searched == "pair" else len(a.techniques) * a.samples
-            tokens = (a.attacker_max_new_tokens or (500 if es.searched == "pair" else 300)) + cfg.eval.max_new_tokens
+            default = (PairSettings if es.searched == "pair" else PapSettings).attacker_max_new_tokens
+            tokens = (a.attacker_max_new_tokens or default) + cfg.eval.max_new_tokens
             out[f"attack {es.name}"] = (es.limit or 100) * queries * tokens * 0.5  # about half the budget is used
     out.update({f"eval base-{m}": gen_tokens * MODE_COST[m] for m in cfg.base_modes})
     g = cfg.generation
