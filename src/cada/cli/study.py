@@ -71,8 +71,39 @@ def eval_cmd(
     concurrency: ConcurrencyOpt = 8,
     timeout: Annotated[Optional[float], option(EvalConfig, "timeout", "--timeout")] = None,
     max_retries: Annotated[Optional[int], option(EvalConfig, "max_retries", "--max-retries")] = None,
+    lm_eval: Annotated[Optional[list[str]], typer.Option(
+        "--lm-eval", help="Score the model with lm-evaluation-harness instead: its task NAME[:SHOTS] (repeat or "
+        "comma-separate), or paper = gsm8k:0, bbh_zeroshot:0, mmlu:5. Needs pip install 'cada[lm-eval]'; lm-eval "
+        "downloads each task's data from the hub.")] = None,
+    lm_eval_include: Annotated[Optional[Path], typer.Option(
+        "--lm-eval-include", help="Folder of your own lm-eval task YAML files (with --lm-eval).")] = None,
+    chat_template: Annotated[bool, typer.Option(
+        "--chat-template", help="With --lm-eval: wrap each prompt in the model's chat template (lm-eval's "
+        "--apply_chat_template; off by default, as in lm-eval).")] = False,
 ) -> None:
-    """Evaluate a model on a benchmark, your own file, or a named suite; rates with 95% bootstrap intervals."""
+    """Evaluate a model on a benchmark, your own file, or a named suite; rates with 95% bootstrap intervals.
+    With --lm-eval, lm-evaluation-harness scores it on its own tasks instead."""
+    if lm_eval is not None:
+        if any(x is not None for x in (dataset, benchmark, suite)):
+            raise CadaError("--lm-eval scores lm-eval's own tasks: give it without --dataset, --benchmark or --suite")
+        given = [flag for flag, v in (("--attack", attack), ("--attack-file", attack_file), ("--judge", judge),
+                                      ("--base-url", base_url), ("--spec", spec), ("--k", k),
+                                      ("--max-new-tokens", max_new_tokens)) if v is not None]
+        if mode != "none":
+            given.append("--mode")
+        if given:
+            raise CadaError(f"--lm-eval runs lm-eval's tasks as lm-eval defines them; {', '.join(given)} "
+                            "does not apply (serve nothing: give the model folder or hub id)")
+        if backend not in ("auto", "local", "vllm"):
+            raise CadaError(f"--backend {backend!r} with --lm-eval: use local (transformers) or vllm")
+        _lm_eval_cmd(model, lm_eval, output, backend="vllm" if backend == "vllm" else "hf", limit=limit,
+                     batch_size=batch_size, include_path=lm_eval_include, chat_template=chat_template, seed=seed,
+                     tensor_parallel_size=tensor_parallel_size)
+        return
+    if lm_eval_include is not None or chat_template:
+        raise CadaError("--lm-eval-include and --chat-template go with --lm-eval")
+    if (output / "lm_eval.json").is_file():
+        raise CadaError(f"--output {output}: holds lm-eval's scores (lm_eval.json); give this evaluation a new folder")
     from cada.config import suite as named_suite
     from cada.evaluate.run import PIN_FILE, check_folders, evaluate_model, load_sets, make_judges
     from cada.models.generate import make_generator
@@ -150,6 +181,25 @@ def eval_cmd(
         raise CadaError(f"--judge rubric failed on every row of {', '.join(es.name for es in dead)} (first: "
                         f"{' '.join(str(first).split())[:200]}; rubric_score null in {output}); check "
                         "--judge-base-url, --judge-model and the server, then evaluate into a new folder")
+
+
+def _lm_eval_cmd(model: str, tasks: list[str], output: Path, **kw) -> None:
+    from cada.evaluate.harness import parse_tasks, run_lm_eval
+    from cada.models.load import pick_device
+    from cada.records import check_writable
+
+    check_writable(output, folder=True)
+    if (output / "records.jsonl").is_file() or (output / "eval.json").is_file():
+        raise CadaError(f"--output {output}: holds a cada evaluation; give lm-eval's scores a new folder")
+    device = pick_device() if kw["backend"] == "hf" else None
+    results = run_lm_eval(model, parse_tasks(tasks), output, device=device, **kw)
+    t = Table(title=f"{model}: lm-evaluation-harness {next(iter(results.values()), {}).get('lm_eval_version', '')}")
+    for c in ("task", "shots", "n", "metric", "value [95% CI]"):
+        t.add_column(c)
+    for name, m in results.items():
+        t.add_row(name, str(m.get("num_fewshot")), str(m.get("n")), str(m.get("metric")), _rate(m, "accuracy"))
+    out.print(t)
+    out.print(f"wrote {output}", markup=False, highlight=False)
 
 
 def _print_summary(summary: dict, output: Path) -> None:
