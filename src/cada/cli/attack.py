@@ -82,7 +82,7 @@ def _models(model, base_url, api_key, attacker_model, attacker_base_url, judge_m
 
 
 def _run(kind: str, output, goals_args, model_args, target_args, settings, http) -> None:
-    from cada.evaluate.attack import Judge, Target
+    from cada.evaluate.attack import Target, run_search
     from cada.reasoning import Mode
     from cada.records import check_writable
     from cada.spec.schema import load_spec
@@ -95,19 +95,12 @@ def _run(kind: str, output, goals_args, model_args, target_args, settings, http)
     check_writable(output, folder=True)
     goals = _goals(*goals_args)
     target_gen, attacker, judge_gen, names = _models(*model_args, http)
-    pin = {"models": names, "mode": mode, "k": k, "target_max_new_tokens": max_new_tokens,
-           "goals": [g.id for g in goals]}
     target = Target(target_gen, load_spec(spec), mode=mode, k=k, max_new_tokens=max_new_tokens, seed=seed)
-    judge = Judge(judge_gen)
 
     def log(line: str) -> None:
         err.print(f"cada attack {kind} {line}", markup=False, highlight=False)
 
-    if kind == "pair":
-        from cada.evaluate.pair import run_pair as run
-    else:
-        from cada.evaluate.pap import run_pap as run
-    summary = run(goals, attacker, target, judge, output, settings, pin=pin, log=log)
+    summary = run_search(kind, goals, attacker, target, judge_gen, names, output, settings, log=log)
     asr = summary["asr_judge"]
     log(f"done: {summary['n']} goals, ASR {asr['value']:.2f} [{asr['ci95'][0]:.2f}, {asr['ci95'][1]:.2f}] by the "
         f"judge, {summary['asr_refusal_judge']['value']:.2f} by the refusal judge; attacks in {output / 'attacks.csv'}"

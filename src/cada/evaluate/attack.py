@@ -240,6 +240,22 @@ ATTACK_FLAGS = {"base_url": "--base-url", "attacker_model": "--attacker-model",
                 "judge_base_url": "--judge-base-url"}
 
 
+def run_search(kind: str, goals: Sequence[Goal], attacker: Generator, target: Target, judge: Generator,
+               names: dict, output: str | Path, settings, *, log=None) -> dict:
+    """PAIR or PAP (``kind``) on ``goals`` into ``output``, the folder pinned to the three models' ``names``, the
+    target's mode, precedents and token budget and the goals: what ``cada attack`` and a study's attack stage both
+    run. Returns the run's summary."""
+    pin = {"models": names, "mode": target.mode, "k": target.k, "target_max_new_tokens": target.max_new_tokens,
+           "goals": [g.id for g in goals]}
+    if kind == "pair":
+        from cada.evaluate.pair import run_pair as run
+    elif kind == "pap":
+        from cada.evaluate.pap import run_pap as run
+    else:
+        raise CadaError(f"unknown searched attack {kind!r}: use pair or pap")
+    return run(goals, attacker, target, Judge(judge), output, settings, pin=pin, log=log)
+
+
 def attack_models(model: str, base_url: str | None, api_key: str | None, attacker_model: str | None,
                   attacker_base_url: str | None, judge_model: str | None, judge_base_url: str | None, http: dict,
                   flags: dict[str, str] = ATTACK_FLAGS):

@@ -302,7 +302,7 @@ def searched_attack(s: StudyRun, es) -> None:
     as its plain request, so the set's ASR is over goals, as the paper's, and the summary counts such goals."""
     import os
 
-    from cada.evaluate.attack import Goal, Judge, Target, attack_models
+    from cada.evaluate.attack import Goal, Target, attack_models, run_search
     from cada.records import EvalItem, read_rows
 
     cfg, a = s.cfg, s.cfg.eval.attack
@@ -322,25 +322,23 @@ def searched_attack(s: StudyRun, es) -> None:
             {"timeout": cfg.eval.timeout, "max_retries": cfg.eval.max_retries}, flags)
         target = Target(target_gen, s.spec, mode="none", k=cfg.eval.k, max_new_tokens=cfg.eval.max_new_tokens,
                         seed=cfg.seed)
-        pin = {"models": names, "mode": "none", "k": cfg.eval.k, "target_max_new_tokens": cfg.eval.max_new_tokens,
-               "goals": [g.id for g in goals]}
         tokens = {"attacker_max_new_tokens": a.attacker_max_new_tokens} if a.attacker_max_new_tokens else {}
+        if kind == "pair":
+            from cada.evaluate.pair import PairSettings
+
+            settings = PairSettings(streams=a.streams, iterations=a.iterations, success=a.success, seed=cfg.seed,
+                                    **tokens)
+        else:
+            from cada.evaluate.pap import PapSettings
+
+            settings = PapSettings(techniques=list(a.techniques), samples=a.samples, success=a.success,
+                                   seed=cfg.seed, **tokens)
 
         def log(line: str) -> None:
             if s.show_progress:
                 s.console.print(f"  {kind} {line}", markup=False, highlight=False)
 
-        if kind == "pair":
-            from cada.evaluate.pair import PairSettings, run_pair
-
-            settings = PairSettings(streams=a.streams, iterations=a.iterations, success=a.success, seed=cfg.seed,
-                                    **tokens)
-            return run_pair(goals, attacker, target, Judge(judge_gen), folder, settings, pin=pin, log=log)
-        from cada.evaluate.pap import PapSettings, run_pap
-
-        settings = PapSettings(techniques=list(a.techniques), samples=a.samples, success=a.success, seed=cfg.seed,
-                               **tokens)
-        return run_pap(goals, attacker, target, Judge(judge_gen), folder, settings, pin=pin, log=log)
+        return run_search(kind, goals, attacker, target, judge_gen, names, folder, settings, log=log)
 
     # a stage whose export was lost runs again: every goal is finished in its folder, so nothing is asked again
     s.step(Stage(f"attack {es.name}", attack_done(s.out, es.name), work, folder))
