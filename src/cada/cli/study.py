@@ -18,6 +18,8 @@ def _rate(m: dict, key: str) -> str:
     r = m.get(key)
     if not isinstance(r, dict) or r.get("value") is None:
         return "-"
+    if not r.get("ci95"):
+        return f"{r['value']:.2f}"
     lo, hi = r["ci95"]
     return f"{r['value']:.2f} [{lo:.2f}, {hi:.2f}]"
 
@@ -86,14 +88,26 @@ def eval_cmd(
     if lm_eval is not None:
         if any(x is not None for x in (dataset, benchmark, suite)):
             raise CadaError("--lm-eval scores lm-eval's own tasks: give it without --dataset, --benchmark or --suite")
-        given = [flag for flag, v in (("--attack", attack), ("--attack-file", attack_file), ("--judge", judge),
-                                      ("--base-url", base_url), ("--spec", spec), ("--k", k),
-                                      ("--max-new-tokens", max_new_tokens)) if v is not None]
-        if mode != "none":
-            given.append("--mode")
+        import os
+
+        # a value from the environment ($CADA_BASE_URL, ...) is the user's setting for other commands: not an error
+        env = {"--base-url": "CADA_BASE_URL", "--api-key": "CADA_API_KEY", "--judge-base-url": "CADA_JUDGE_BASE_URL"}
+        given = [flag for flag, v in (("--base-url", base_url), ("--api-key", api_key),
+                                      ("--judge-base-url", judge_base_url))
+                 if v is not None and v != os.environ.get(env[flag])]
+        given += [flag for flag, v in (
+            ("--attack", attack), ("--attack-file", attack_file), ("--judge", judge), ("--spec", spec), ("--k", k),
+            ("--max-new-tokens", max_new_tokens), ("--judge-model", judge_model), ("--templates", templates),
+            ("--kind", kind), ("--reference-column", reference_column), ("--category-column", category_column),
+            ("--timeout", timeout), ("--max-retries", max_retries)) if v is not None]
+        given += [flag for flag, v, default in (("--mode", mode, "none"), ("--prompt-column", prompt_column, "prompt"),
+                                                ("--attack-column", attack_column, "prompt"),
+                                                ("--concurrency", concurrency, 8)) if v != default]
+        if backend != "vllm" and tensor_parallel_size != 1:
+            given.append("--tensor-parallel-size (vllm only)")
         if given:
-            raise CadaError(f"--lm-eval runs lm-eval's tasks as lm-eval defines them; {', '.join(given)} "
-                            "does not apply (serve nothing: give the model folder or hub id)")
+            raise CadaError(f"--lm-eval runs lm-eval's tasks as lm-eval defines them: {', '.join(given)} does not "
+                            "apply to them (the model goes in as a folder, alias or hub id)")
         if backend not in ("auto", "local", "vllm"):
             raise CadaError(f"--backend {backend!r} with --lm-eval: use local (transformers) or vllm")
         _lm_eval_cmd(model, lm_eval, output, backend="vllm" if backend == "vllm" else "hf", limit=limit,
