@@ -208,6 +208,12 @@ def test_pair_and_pap_on_the_tiny_model_record_malformed_output_and_finish(tmp_p
         summary = json.loads((tmp_path / kind / "summary.json").read_text())
         assert summary["n"] == 2 and summary["attack"] == kind
         assert (tmp_path / kind / "attacks.csv").read_text().startswith("prompt,goal_id,goal,category,score")
+        if kind == "pair":  # a local attacker's reply is begun for it, as the reference implementation does
+            from cada.evaluate.pair import ATTACKER_PREFILL
+
+            assert json.loads((tmp_path / kind / "attack.json").read_text())["prefill"] is True
+            for q in queries:
+                assert q["attacker_raw"].startswith(ATTACKER_PREFILL[0 if q["iteration"] == 1 else 1]), q
 
 
 def test_pair_and_pap_with_a_real_transformers_serve_attacker_and_judge(tmp_path, tiny_model, serve):

@@ -375,3 +375,17 @@ def test_max_new_tokens_that_leave_no_room_is_an_error(fresh_tiny):
     fresh_tiny.context_length = 64
     with pytest.raises(CadaError, match="max_new_tokens=60"):
         fresh_tiny.generate([LONG], SamplingParams(max_new_tokens=60))
+
+
+# -- stop strings: sent to the server, and honoured here when a server ignores them --------------------------------
+
+def test_stop_strings_go_to_the_server_and_cut_what_it_ignores(fake_server):
+    from cada.models.generate import SamplingParams
+
+    fake_server.reply("ok", text='{"prompt": "a story"} and then more')  # a server that ignores `stop`
+    gen = _gen(fake_server)
+    assert gen.generate([CHAT], SamplingParams(stop=("}",))) == [['{"prompt": "a story"']]
+    assert fake_server.requests[-1]["stop"] == ["}"]
+    assert gen.generate([CHAT]) == [['{"prompt": "a story"} and then more']]
+    assert "stop" not in fake_server.requests[-1]
+    assert gen.can_continue is False  # a prefill is not sent to a server: callers ask plainly

@@ -63,9 +63,42 @@ def test_sampling_n_and_seed(tiny_generator):
 
 
 def test_bad_sampling_params():
-    for kwargs in ({"temperature": -1}, {"top_p": 0}, {"max_new_tokens": 0}, {"n": 0}):
+    for kwargs in ({"temperature": -1}, {"top_p": 0}, {"max_new_tokens": 0}, {"n": 0}, {"stop": "}"},
+                   {"stop": ("",)}):
         with pytest.raises(CadaError):
             SamplingParams(**kwargs)
+    assert SamplingParams(stop=["}"]).stop == ("}",)
+
+
+def test_stop_strings_end_the_text_where_they_first_appear(sharp_model):
+    """Greedy output cut before a stop string equals the full greedy output up to that string's first
+    occurrence, and generation ends there (fewer new tokens)."""
+    gen = _gen(sharp_model, batch_size=4)
+    full = gen.generate(SHARED[:2], SamplingParams(max_new_tokens=40))
+    whole_tokens = gen.last_stats["new_tokens"]
+    text = full[0][0]
+    stop = next(text[i:i + 2] for i in range(8, len(text) - 2) if not any(c.isspace() for c in text[i:i + 2]))
+    cut = gen.generate(SHARED[:2], SamplingParams(max_new_tokens=40, stop=(stop,)))
+    assert cut[0][0] == text[:text.index(stop)].strip() and stop not in cut[0][0]
+    assert cut[1][0] == full[1][0][:full[1][0].index(stop)].strip() if stop in full[1][0] else cut[1][0] == full[1][0]
+    assert gen.last_stats["new_tokens"] < whole_tokens
+
+
+def test_a_prefilled_assistant_turn_is_continued(sharp_model):
+    """A chat ending with the assistant's opening words renders without a new assistant turn after them, and
+    the generator returns the continuation; a batch mixing prefilled and plain chats is refused."""
+    from cada.models.generate import continues
+
+    gen = _gen(sharp_model)
+    opening = '{"improvement": "", "prompt": "'
+    chat = SHARED[2] + [{"role": "assistant", "content": opening}]
+    text = gen.render(chat)
+    assert text.rstrip().endswith(opening.rstrip()) and gen.can_continue
+    assert text.count("<|im_start|>assistant") == gen.render(SHARED[2]).count("<|im_start|>assistant")
+    out = gen.generate([chat], SamplingParams(max_new_tokens=6))
+    assert out[0][0] and not out[0][0].startswith(opening)
+    with pytest.raises(CadaError, match="mixes prefilled"):
+        continues([chat, SHARED[2]])
 
 
 # --- fast local generation: end of turn, shared-prefix KV cache, adaptive batch, backends --------------------------
@@ -398,8 +431,10 @@ def test_vllm_generator_maps_params_and_outputs(monkeypatch, tiny_model):
 
             return AutoTokenizer.from_pretrained(calls["init"]["model"])
 
-        def chat(self, messages, sampling_params=None, use_tqdm=True):
+        def chat(self, messages, sampling_params=None, use_tqdm=True, add_generation_prompt=True,
+                 continue_final_message=False):
             calls["chat"] = (messages, sampling_params)
+            calls["continue"] = (add_generation_prompt, continue_final_message)
             n = sampling_params.n
             return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f" {m[-1]['content']} #{k} ",
                                                                          token_ids=[1, 2, 3])
@@ -423,6 +458,10 @@ def test_vllm_generator_maps_params_and_outputs(monkeypatch, tiny_model):
     assert gen.last_stats["new_tokens"] == 12
     greedy = gen.generate(CHATS[:1], SamplingParams(n=3))
     assert calls["chat"][1].n == 1 and greedy == [["hi #0"] * 3]
+    assert calls["continue"] == (True, False) and calls["chat"][1].stop is None
+    # a prefilled assistant turn is continued, not answered; stop strings go to vLLM
+    gen.generate([CHATS[0] + [{"role": "assistant", "content": '{"prompt": "'}]], SamplingParams(stop=("}",)))
+    assert calls["continue"] == (False, True) and calls["chat"][1].stop == ["}"]
 
 
 def test_grpo_vllm_recipe_names_real_trl_fields():

@@ -128,6 +128,10 @@ def pair_cmd(
     attempts: Annotated[int, typer.Option("--attempts", min=1, help="Samples of the attacker per stream and "
                                           "round before an output without a usable prompt counts as an "
                                           "error.")] = 3,
+    prefill: Annotated[bool, typer.Option("--prefill/--no-prefill", help="Begin the attacker's JSON reply for it "
+                                          "and stop at its '}' (the reference implementation's way with open "
+                                          "attackers); only where the attacker runs locally or on vLLM's engine, "
+                                          "a served attacker is asked plainly.")] = True,
     attacker_max_new_tokens: AttackerTokensOpt = None, success: SuccessOpt = 10, seed: SeedOpt = 0,
     timeout: TimeoutOpt = None, max_retries: RetriesOpt = None,
 ) -> None:
@@ -136,7 +140,7 @@ def pair_cmd(
     from cada.evaluate.pair import PairSettings
 
     settings = PairSettings(streams=streams, iterations=iterations, keep_last=keep_last, success=success, seed=seed,
-                            attempts=attempts,
+                            attempts=attempts, prefill=prefill,
                             **({"attacker_max_new_tokens": attacker_max_new_tokens} if attacker_max_new_tokens
                                else {}))
     _run("pair", output, (benchmark, dataset, prompt_column, category_column, limit),

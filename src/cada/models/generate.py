@@ -34,6 +34,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     n: int = 1
     seed: int = 0
+    stop: tuple[str, ...] = ()   # the text ends before the first of these (OpenAI's ``stop``: not included)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -44,11 +45,37 @@ class SamplingParams:
             raise CadaError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.n < 1:
             raise CadaError(f"n must be >= 1, got {self.n}")
+        if isinstance(self.stop, str) or any(not isinstance(x, str) or not x for x in self.stop):
+            raise CadaError(f"stop must be a sequence of non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any ``stop`` string (which is not kept), as OpenAI's ``stop``.
+
+    >>> cut_at_stop('{"prompt": "x"} more', ["}"])
+    '{"prompt": "x"'
+    >>> cut_at_stop("no stop here", ["}"]), cut_at_stop("a.b", [])
+    ('no stop here', 'a.b')
+    """
+    cut = min((i for i in (text.find(x) for x in stop) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def continues(prompts: Sequence[Messages]) -> bool:
+    """Whether the chats end with the assistant's own opening words to continue (a prefill): all of them or none;
+    a backend with ``can_continue`` renders them without a new assistant turn and returns the continuation."""
+    last = [bool(m) and m[-1].get("role") == "assistant" for m in prompts]
+    if any(last) and not all(last):
+        raise CadaError("a batch of chats mixes prefilled assistant turns with plain ones; generate them apart")
+    return bool(last) and all(last)
 
 
 @runtime_checkable
 class Generator(Protocol):
-    """Batched chat conversations in, ``n`` texts per conversation out."""
+    """Batched chat conversations in, ``n`` texts per conversation out. A generator whose ``can_continue`` is true
+    also takes chats that end with an assistant message and continues that message (a prefill; see
+    :func:`continues`); the others are given plain chats only."""
 
     name: str
 

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from urllib.parse import urlsplit, urlunsplit
 
 from cada.errors import CadaError
-from cada.models.generate import Messages, SamplingParams, progress_bar
+from cada.models.generate import Messages, SamplingParams, cut_at_stop, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,10 @@ class OpenAIGenerator:
     bound each request; retries wait ``backoff`` seconds, then twice as long each time (see the module's doc).
     ``None`` for any of them means its default. ``concurrency`` bounds the requests in flight.
     """
+
+    # chat-completions has no common way to continue an assistant message (vLLM's continue_final_message is its
+    # own); callers that prefill (PAIR's attacker) ask plainly instead
+    can_continue = False
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float | None = None,
                  max_retries: int | None = None, concurrency: int = 8, show_progress: bool = True,
@@ -160,8 +164,11 @@ class OpenAIGenerator:
             try:
                 raw = self._client.chat.completions.with_raw_response.create(
                     model=self.model, messages=messages, temperature=params.temperature, top_p=params.top_p,
-                    max_tokens=params.max_new_tokens, seed=seed)
-                return self._parse(raw.http_response.content)
+                    max_tokens=params.max_new_tokens, seed=seed,
+                    **({"stop": list(params.stop)} if params.stop else {}))
+                text = self._parse(raw.http_response.content)
+                # cut here too: a server that ignores `stop` (not every one honours it) gives the same text
+                return cut_at_stop(text, params.stop).strip() if params.stop else text
             except openai.APITimeoutError:
                 problem, kind = f"no answer within {self.timeout:g} s", "timeout"
             except openai.APIConnectionError as e:  # refused, reset, DNS: the cause says which

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cada.errors import CadaError
-from cada.models.generate import Messages, SamplingParams, end_of_turn_ids, progress_bar
+from cada.models.generate import Messages, SamplingParams, cut_at_stop, end_of_turn_ids, progress_bar
 from cada.models.shared_prefix import (
     PREFIX_ATTN,
     PREFIX_KV,
@@ -136,7 +136,11 @@ class LocalGenerator:
         m, tok = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         return cls(m, tok, name=str(model or "smollm2-135m"), **kwargs)
 
+    can_continue = True  # continues a chat's final assistant message (PAIR's attacker prefill)
+
     def render(self, messages: Messages) -> str:
+        if messages and messages[-1].get("role") == "assistant":  # a prefill: continue it, no new turn
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     # -- the model's context ---------------------------------------------------------------------
@@ -393,6 +397,8 @@ class LocalGenerator:
         sample = params.temperature > 0
         kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=sample, num_return_sequences=n_seq,
                       pad_token_id=self.pad_id, eos_token_id=list(self.stop_ids) or None)
+        if params.stop:  # generate stops a sequence at these; the text is cut before them after decoding
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         if sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p)
         else:  # silence "temperature is set but do_sample=False" from the checkpoint's generation config
@@ -468,6 +474,8 @@ class LocalGenerator:
                     stats["oom_retries"] += 1
                     continue
                 batch_texts, tokens = self._decode(new, len(idx), n_seq)
+                if params.stop:
+                    batch_texts = [[cut_at_stop(t, params.stop).strip() for t in got] for got in batch_texts]
                 for i, got in zip(idx, batch_texts):
                     out[i] = got if sample else got * params.n
                 stats["new_tokens"] += tokens

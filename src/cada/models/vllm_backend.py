@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cada.errors import CadaError
-from cada.models.generate import Messages, SamplingParams
+from cada.models.generate import Messages, SamplingParams, continues
 
 VLLM_MISSING = "vLLM is not installed: pip install -e '.[vllm]' in the cada checkout (Linux + CUDA)"
 _DTYPES = {None: "auto", "auto": "auto", "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
@@ -59,6 +59,8 @@ class VLLMGenerator:
         # model whose eos is <|endoftext|> would run on into an invented next turn)
         self.stop_ids = end_of_turn_ids(self.llm.get_tokenizer())
 
+    can_continue = True  # vLLM's chat continues a final assistant message (continue_final_message)
+
     def __repr__(self) -> str:
         return f"VLLMGenerator(model={self.source!r})"
 
@@ -68,7 +70,8 @@ class VLLMGenerator:
         sample = params.temperature > 0
         return vllm.SamplingParams(n=params.n if sample else 1, temperature=params.temperature,
                                    top_p=params.top_p if sample else 1.0, max_tokens=params.max_new_tokens,
-                                   seed=params.seed if sample else None, stop_token_ids=self.stop_ids or None)
+                                   seed=params.seed if sample else None, stop_token_ids=self.stop_ids or None,
+                                   stop=list(params.stop) or None)
 
     def generate(self, prompts: Sequence[Messages], params: SamplingParams = SamplingParams()) -> list[list[str]]:
         import time
@@ -76,8 +79,10 @@ class VLLMGenerator:
         if not prompts:
             return []
         t0 = time.perf_counter()
+        prefill = continues(prompts)  # a final assistant message is continued, not answered
         outputs = self.llm.chat([list(m) for m in prompts], sampling_params=self.sampling_params(params),
-                                use_tqdm=self.show_progress)
+                                use_tqdm=self.show_progress, add_generation_prompt=not prefill,
+                                continue_final_message=prefill)
         if len(outputs) != len(prompts):
             raise CadaError(f"vLLM returned {len(outputs)} results for {len(prompts)} prompts")
         sample = params.temperature > 0
