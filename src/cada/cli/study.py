@@ -116,8 +116,11 @@ def eval_cmd(
         return
     if lm_eval_include is not None or chat_template:
         raise CadaError("--lm-eval-include and --chat-template go with --lm-eval")
-    if (output / "lm_eval.json").is_file():
-        raise CadaError(f"--output {output}: holds lm-eval's scores (lm_eval.json); give this evaluation a new folder")
+    from cada.evaluate.harness import PIN_FILE as LM_EVAL_PIN
+
+    if (output / LM_EVAL_PIN).is_file():
+        raise CadaError(f"--output {output}: holds lm-eval's scores ({LM_EVAL_PIN}); give this evaluation a new "
+                        "folder")
     from cada.config import suite as named_suite
     from cada.evaluate.run import PIN_FILE, check_folders, evaluate_model, load_sets, make_judges
     from cada.models.generate import make_generator
@@ -199,11 +202,12 @@ def eval_cmd(
 
 def _lm_eval_cmd(model: str, tasks: list[str], output: Path, **kw) -> None:
     from cada.evaluate.harness import parse_tasks, run_lm_eval
+    from cada.evaluate.run import PIN_FILE
     from cada.models.load import pick_device
     from cada.records import check_writable
 
     check_writable(output, folder=True)
-    if (output / "records.jsonl").is_file() or (output / "eval.json").is_file():
+    if (output / "records.jsonl").is_file() or (output / PIN_FILE).is_file():
         raise CadaError(f"--output {output}: holds a cada evaluation; give lm-eval's scores a new folder")
     device = pick_device() if kw["backend"] == "hf" else None
     results = run_lm_eval(model, parse_tasks(tasks), output, device=device, **kw)

@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 
 from cada.errors import CadaError
+from cada.evaluate.metrics import _number  # a finite int/float (not bool) as float, else None
 from cada.records import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,6 @@ def model_args(source: str, *, backend: str, tensor_parallel_size: int = 1) -> t
         args["tensor_parallel_size"] = tensor_parallel_size
         return "vllm", args
     return "hf", args
-
-
-def _number(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _headline(results: dict) -> tuple[str | None, float | None, float | None]:
@@ -186,7 +183,7 @@ def run_lm_eval(model: str, tasks: dict[str, int | None], output: str | Path, *,
            "limit": limit, "chat_template": chat_template, "seed": seed,
            "include_path": str(Path(include_path).resolve()) if include_path else None}
     old = read_json(output / PIN_FILE) if (output / PIN_FILE).is_file() else None
-    finished = sorted((output / "tasks").glob("*.json")) if (output / "tasks").is_dir() else []
+    finished = (output / "tasks").is_dir() and any((output / "tasks").glob("*.json"))
     if old is not None and finished:  # a pin with nothing finished under it locks nothing
         changed = [k for k in pin if old.get(k) != pin[k]]
         if changed:
